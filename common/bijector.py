@@ -1,0 +1,150 @@
+"""The bijector contract shared by every paper in this repository.
+
+A bijector ``f`` maps data ``x`` to latent ``z`` (the *normalizing* direction)::
+
+    z, ldj = f.forward(x, context)      # ldj = log |det ∂z/∂x|,  shape (B,)
+    x, ldj = f.inverse(z, context)      # ldj = log |det ∂x/∂z| = -forward ldj
+
+so that, by the change of variables,
+
+    log p(x) = log p_base(z) + ldj.
+
+``ldj`` is always summed over every non-batch dimension, is in nats, and has shape ``(B,)``.
+Both methods always return a tuple; no return type depends on an argument.
+
+References: Dinh et al., NICE (arXiv:1410.8516), Eq. (1)-(2); Papamakarios et al., "Normalizing
+Flows for Probabilistic Modeling and Inference" (arXiv:1912.02762), Sec. 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Bijector",
+    "Compose",
+    "InputOutsideDomainError",
+    "Inverse",
+    "InverseNotAvailableError",
+    "Permutation",
+    "Reverse",
+    "sum_except_batch",
+]
+
+
+class InputOutsideDomainError(ValueError):
+    """An input lies outside the domain the bijector declares (e.g. logit of a value > 1)."""
+
+
+class InverseNotAvailableError(NotImplementedError):
+    """The bijector has no tractable inverse in this direction."""
+
+
+def sum_except_batch(t: Tensor) -> Tensor:
+    """Sum a ``(B, ...)`` tensor over every dimension but the first: returns ``(B,)``."""
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+class Bijector(nn.Module):
+    """Base class: an invertible map data → latent with its log-det-Jacobian.
+
+    Subclasses implement :meth:`forward` and :meth:`inverse`; both take ``(B, ...)`` tensors and
+    an optional ``context`` (for conditional flows) and return ``(output, ldj)`` with ``ldj`` of
+    shape ``(B,)``. All state lives in parameters or buffers, so that ``state_dict`` round trips.
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise InverseNotAvailableError(f"{type(self).__name__} has no inverse")
+
+
+class Compose(Bijector):
+    """Sequential composition ``f_K ∘ … ∘ f_1``; ``forward`` applies ``layers[0]`` first.
+
+    ldj accumulates as a sum; the accumulator is allocated with ``x.new_zeros`` so it lives on
+    the input's device and dtype.
+    """
+
+    def __init__(self, *layers: Bijector) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ldj = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, layer_ldj = layer(x, context)
+            ldj = ldj + layer_ldj
+        return x, ldj
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ldj = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            z, layer_ldj = layer.inverse(z, context)
+            ldj = ldj + layer_ldj
+        return z, ldj
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class Inverse(Bijector):
+    """The inverse of a bijector: swaps its ``forward`` and ``inverse`` (e.g. to make the fast
+    direction of an autoregressive layer the sampling direction, as IAF does)."""
+
+    def __init__(self, bijector: Bijector) -> None:
+        super().__init__()
+        self.bijector = bijector
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.bijector.inverse(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.bijector.forward(z, context)
+
+
+class Permutation(Bijector):
+    """A fixed permutation of dimension ``dim`` (volume preserving: ldj = 0).
+
+    ``z[..., i] = x[..., perm[i]]`` along ``dim``. The permutation is a buffer, so a saved model
+    reloads with the same ordering.
+    """
+
+    def __init__(self, perm: Tensor, dim: int = 1) -> None:
+        super().__init__()
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if perm.ndim != 1 or not torch.equal(perm.sort().values, torch.arange(len(perm))):
+            raise ValueError(f"not a permutation of 0..{len(perm) - 1}: {perm.tolist()}")
+        self.dim = dim
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    @classmethod
+    def random(cls, num_features: int, seed: int, dim: int = 1) -> Permutation:
+        """A permutation drawn from its own seeded generator (independent of the global RNG)."""
+        g = torch.Generator().manual_seed(seed)
+        return cls(torch.randperm(num_features, generator=g), dim=dim)
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[self.dim] != len(self.perm):
+            raise InputOutsideDomainError(
+                f"{type(self).__name__} permutes {len(self.perm)} features along dim {self.dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        return x.index_select(self.dim, self.perm), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(z)
+        return z.index_select(self.dim, self.inv_perm), z.new_zeros(z.shape[0])
+
+
+class Reverse(Permutation):
+    """Reverse the order of ``num_features`` features along ``dim`` (RealNVP / Glow's baseline)."""
+
+    def __init__(self, num_features: int, dim: int = 1) -> None:
+        super().__init__(torch.arange(num_features - 1, -1, -1), dim=dim)

@@ -1,0 +1,65 @@
+"""The entry point every paper shares: ``python -m papers.<paper>.train --config FILE [--set k=v]``.
+
+It parses, validates the config before any compute, and calls
+:func:`common.training.train_and_evaluate`. Known failures (bad config, missing data, NaNs)
+end with a one-paragraph message and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, RunConfig, load_config
+from common.data import ChecksumError, Dataset, DatasetNotFoundError
+from common.flow import Flow
+from common.tracking import NullTracker, Tracker, default_tracking_uri
+from common.training import NonFiniteLossError, train_and_evaluate
+
+__all__ = ["run_cli"]
+
+
+def run_cli(
+    config_cls: type[RunConfig],
+    build_model: Callable[[Any, Dataset], Flow],
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    module = config_cls.__module__.split(".")
+    paper = module[1] if module[0] == "papers" else "<paper>"
+    parser = argparse.ArgumentParser(
+        prog=f"python -m papers.{paper}.train",
+        description=f"Train and evaluate one {paper} experiment.",
+    )
+    # fmt: off
+    add = parser.add_argument
+    add("--config", required=True, type=Path, help="experiment YAML file")
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.optim.lr=3e-4 (repeatable)")
+    add("--workdir", type=Path,
+        help="run outputs (default: runs/manual/<paper>/<experiment>/seed<k>)")
+    add("--tracking-uri", default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/runs/mlflow.db)")
+    add("--no-tracking", action="store_true", help="log nothing to MLflow")
+    add("--stop-after", type=int, default=None,
+        help="checkpoint and exit after N steps (resume by running the same command again)")
+    add("--no-progress", action="store_true", help="no progress bar")
+    # fmt: on
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides)
+        workdir = args.workdir or Path("runs/manual", cfg.paper, cfg.experiment, f"seed{cfg.seed}")
+        tracker = (
+            NullTracker()
+            if args.no_tracking
+            else Tracker(args.tracking_uri or default_tracking_uri(), cfg.paper)
+        )
+        return train_and_evaluate(
+            cfg, build_model, workdir, tracker, args.stop_after, progress=not args.no_progress
+        )
+    except (ConfigError, DatasetNotFoundError, ChecksumError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None

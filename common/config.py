@@ -1,0 +1,231 @@
+"""Typed, validated run configuration — the one config system of the repository.
+
+A run is described by a YAML file validated against a pydantic model *before any compute*:
+unknown keys and wrong types fail with a ``ConfigError`` that names the key and what is
+allowed. Dotted overrides (``--set train.lr=3e-4``) are applied to the raw mapping first,
+so they are validated the same way. The resolved config is saved with every run.
+
+Each paper subclasses :class:`RunConfig` and narrows ``model`` to its own model configs.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.data import DATASETS
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DiagonalGaussianModel",
+    "OptimConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "StrictModel",
+    "TrainConfig",
+    "apply_overrides",
+    "flatten",
+    "load_config",
+    "save_config",
+]
+
+Scale = Literal["smoke", "cpu", "paper"]
+DatasetName = Literal[tuple(sorted(DATASETS))]  # type: ignore[valid-type]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown key, wrong type, bad override or file."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, values are type-checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(StrictModel):
+    name: DatasetName = Field(description="dataset, see common.data.DATASETS")
+    root: str = Field("data", description="folder holding the .npz files (tracked by DVC)")
+
+
+class OptimConfig(StrictModel):
+    name: Literal["adam", "adamax", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, description="rmsprop / sgd only")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (coupled, as in Adam)")
+
+
+class ScheduleConfig(StrictModel):
+    name: Literal["constant", "cosine", "exponential"] = "constant"
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0")
+    gamma: float = Field(1.0, gt=0, le=1, description="per-step decay for 'exponential'")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of 'cosine', × lr")
+
+
+class TrainConfig(StrictModel):
+    batch_size: int = Field(..., gt=0)
+    max_steps: int = Field(..., gt=0)
+    eval_every: int = Field(100, gt=0, description="steps between validations")
+    eval_batch_size: int = Field(1000, gt=0)
+    log_every: int = Field(10, gt=0, description="steps between train-metric logs")
+    checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
+    patience: int | None = Field(None, gt=0, description="early stop after N evals w/o gain")
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    num_samples: int = Field(64, ge=0, description="samples drawn for the figure")
+
+
+class DiagonalGaussianModel(StrictModel):
+    """The baseline every density is compared against: an independent Gaussian per dimension."""
+
+    name: Literal["diagonal_gaussian"] = "diagonal_gaussian"
+    logit_alpha: float | None = Field(
+        None, description="apply Logit(alpha) before the Gaussian (image data)"
+    )
+
+
+class RunConfig(StrictModel):
+    """Fields shared by every paper's runs. ``model`` is narrowed by each paper."""
+
+    paper: str
+    experiment: str = Field(..., description="experiment name: unique within the paper")
+    scale: Scale = Field(..., description="smoke (seconds), cpu (minutes), paper (GPU)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    threads: int = Field(1, gt=0, description="torch intra-op threads (1: parallel jobs)")
+    data: DataConfig
+    train: TrainConfig
+    model: Any
+
+
+C = TypeVar("C", bound=RunConfig)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse override value {text!r}: {exc}") from exc
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy: never mutate the caller's mapping
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _section_fields(cls: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The allowed keys of the section at ``loc`` (walking nested models and tagged unions)."""
+    model: Any = cls
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        if part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+            members = [
+                a
+                for a in typing.get_args(annotation)
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+            elif len(members) == 1:
+                model = members[0]
+            elif members:  # a tagged union: the next loc element is the tag
+                model = members
+            else:
+                return None
+        elif isinstance(model, list):  # pick the union member named by this tag
+            tagged = [m for m in model if m.model_fields.get("name") and
+                      typing.get_args(m.model_fields["name"].annotation) == (part,)]  # fmt: skip
+            if not tagged:
+                return None
+            model = tagged[0]
+        else:
+            return None
+    if isinstance(model, list):
+        return None
+    return sorted(model.model_fields)
+
+
+def _format_errors(cls: type[BaseModel], exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _section_fields(cls, loc[:-1])
+            hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  {key}: unknown key{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate_config(cls: type[C], raw: dict[str, Any], source: str = "") -> C:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(cls, exc, source)) from None
+
+
+def load_config(cls: type[C], path: str | Path, overrides: list[str] = ()) -> C:
+    """Read ``path`` (YAML), apply ``overrides``, validate against ``cls``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return validate_config(cls, apply_overrides(raw, list(overrides)), str(path))
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} → {"a.b": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten(v, key + ".")
+        else:
+            out[key] = v
+    return out
+
+
+def model_union(*models: type[StrictModel]) -> Any:
+    """``Annotated[A | B, Field(discriminator="name")]``: a paper's choice of model configs,
+    selected by their ``name`` literal."""
+    if len(models) == 1:
+        return models[0]
+    return Annotated[typing.Union[models], Field(discriminator="name")]  # noqa: UP007

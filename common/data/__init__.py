@@ -1,0 +1,118 @@
+"""Datasets: what is offline (scikit-learn digits, FFJORD's 2-D toys) and what is downloaded
+(MNIST), behind one ``load_dataset(name, root)``.
+
+Every dataset is stored under ``data/`` as a few deterministic ``.npz`` files (tracked by the
+top-level ``data.dvc``) with ``x_train``, ``x_val`` and ``x_test`` arrays. Images are uint8
+levels of shape ``(N, C, H, W)``; toy sets are float32 ``(N, 2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from common.data.errors import ChecksumError, DatasetNotFoundError
+from common.data.mnist import prepare_mnist
+from common.data.npz import file_md5, load_npz, save_npz
+from common.data.toy import TOY_DATASETS, make_toy_splits
+
+__all__ = [
+    "DATASETS",
+    "ChecksumError",
+    "Dataset",
+    "DatasetNotFoundError",
+    "build_digits",
+    "build_offline",
+    "dataset_path",
+    "load_dataset",
+]
+
+# name → (file under data/, number of levels or None for continuous data, needs a download)
+DATASETS: dict[str, tuple[str, int | None, bool]] = {
+    "digits": ("digits.npz", 17, False),
+    "mnist": ("mnist.npz", 256, True),
+    **{name: (f"toy/{name}.npz", None, False) for name in TOY_DATASETS},
+}
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset. ``num_levels`` is the number of grey levels of discrete data (None for
+    continuous data); ``md5`` is the hash of the file it came from (logged with every run)."""
+
+    name: str
+    x_train: Tensor
+    x_val: Tensor
+    x_test: Tensor
+    num_levels: int | None
+    md5: str
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_dims(self) -> int:
+        return int(np.prod(self.event_shape))
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.ndim == 4
+
+
+def dataset_path(name: str, root: str | Path) -> Path:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+    return Path(root) / DATASETS[name][0]
+
+
+def build_digits(root: str | Path, n_val: int = 180, n_test: int = 180) -> Path:
+    """scikit-learn's bundled 8×8 digits (1,797 images, 17 grey levels 0…16), shuffled with a
+    fixed seed and split 1437 / 180 / 180. Stored as uint8 ``(N, 1, 8, 8)``."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
+    order = np.random.default_rng(0).permutation(len(images))
+    images, labels = images[order], bunch.target[order].astype(np.uint8)
+    n_train = len(images) - n_val - n_test
+    cuts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val),
+            "test": slice(n_train + n_val, None)}  # fmt: skip
+    arrays = {f"x_{k}": images[s] for k, s in cuts.items()}
+    arrays |= {f"y_{k}": labels[s] for k, s in cuts.items()}
+    return save_npz(dataset_path("digits", root), **arrays)
+
+
+def build_offline(root: str | Path) -> list[Path]:
+    """Build every offline dataset under ``root``; byte-identical on every run."""
+    paths = [build_digits(root)]
+    for name in TOY_DATASETS:
+        paths.append(save_npz(dataset_path(name, root), **make_toy_splits(name)))
+    return paths
+
+
+def load_dataset(name: str, root: str | Path) -> Dataset:
+    """Load ``name`` from ``root`` (usually ``data/``), or say how to create it."""
+    path = dataset_path(name, root)
+    if not path.exists():
+        how = (
+            "It needs a download: run `python -m common.data prepare --datasets mnist` on a "
+            "machine with internet access (or the pipeline at `--config profile=paper`)."
+            if DATASETS[name][2]
+            else "Build the offline datasets with `python -m common.data prepare` (or run the "
+            "pipeline, whose `data` rule does it and tracks the result with DVC)."
+        )
+        raise DatasetNotFoundError(f"dataset {name!r} not found at {path}. {how}")
+    arrays = load_npz(path)
+    return Dataset(
+        name=name,
+        x_train=torch.from_numpy(arrays["x_train"]),
+        x_val=torch.from_numpy(arrays["x_val"]),
+        x_test=torch.from_numpy(arrays["x_test"]),
+        num_levels=DATASETS[name][1],
+        md5=file_md5(path),
+    )

@@ -1,0 +1,29 @@
+"""``python -m common.data prepare [--root data] [--datasets digits mnist ...]``
+
+Builds the offline datasets (always all of them: they are small and deterministic) and
+downloads the requested online ones, verifying checksums."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.data import DATASETS, build_offline, prepare_mnist
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m common.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="build offline datasets, download online ones")
+    prep.add_argument("--root", type=Path, default=Path("data"))
+    prep.add_argument("--downloads", type=Path, default=Path("downloads"))
+    prep.add_argument("--datasets", nargs="*", default=[], choices=sorted(DATASETS))
+    args = parser.parse_args(argv)
+    for path in build_offline(args.root):
+        print(f"built {path}")
+    if "mnist" in args.datasets:
+        print(f"built {prepare_mnist(args.root, args.downloads)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""One small facade over MLflow: every run of every paper is logged through it.
+
+Store: an SQLite database at an absolute path (``runs/mlflow.db`` by default) with artifacts
+beside it in ``runs/mlartifacts/``. Create it once with ``python -m common.tracking init``
+before parallel jobs start: concurrent *creation* of an SQLite store corrupts it, concurrent
+writes to an existing one are fine.
+
+A run carries tags (paper, experiment, scale, seed, git commit and dirty flag, data hash),
+params (the flattened resolved config), metrics per step and artifacts (config, checkpoint,
+figures). ``metrics.json`` beside the run's outputs mirrors the final metrics for file-based
+consumers (Snakemake, the report generator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NullTracker",
+    "Tracker",
+    "default_tracking_uri",
+    "git_state",
+    "init_store",
+    "sqlite_uri",
+    "write_metrics_json",
+]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def sqlite_uri(db_path: str | Path) -> str:
+    return f"sqlite:///{Path(db_path).resolve()}"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the project store ``<repo>/runs/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(REPO_ROOT / "runs" / "mlflow.db")
+
+
+def _artifact_root(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return ""  # a tracking server chooses its own
+
+
+def git_state(cwd: Path = REPO_ROOT) -> tuple[str, bool]:
+    """(commit hash, dirty flag) of the repository, or ("unknown", True) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+    return commit, bool(status.strip())
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = _artifact_root(tracking_uri)
+    try:
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except Exception:  # created by a concurrent job in the meantime
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def init_store(tracking_uri: str, experiments: list[str]) -> None:
+    """Create the store (if new) and one MLflow experiment per paper. Idempotent."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = _client(tracking_uri)
+    for name in experiments:
+        _experiment_id(client, name, tracking_uri)
+
+
+class NullTracker:
+    """Tracks nothing (``--no-tracking``, unit tests)."""
+
+    run_id: str | None = None
+
+    def start(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class Tracker(NullTracker):
+    """MLflow-backed tracker; one instance per run. ``experiment`` is the MLflow experiment
+    (the paper); the run is named ``<experiment>/seed<k>``."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = _client(tracking_uri)
+        self.experiment_id = _experiment_id(self.client, experiment, tracking_uri)
+
+    def start(
+        self,
+        run_name: str,
+        tags: dict[str, Any],
+        params: dict[str, Any],
+        run_id: str | None = None,
+    ) -> str:
+        """Start a new run, or reopen ``run_id`` when resuming (params are not re-logged)."""
+        from mlflow.entities import Param, RunTag
+
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={k: str(v) for k, v in tags.items()},
+        )
+        self.run_id = run.info.run_id
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag("mlflow.source.type", "JOB")])
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def write_metrics_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m common.tracking")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create the MLflow store and one experiment per paper")
+    init.add_argument("--tracking-uri", default=default_tracking_uri())
+    init.add_argument("--experiments", nargs="+", required=True)
+    args = parser.parse_args(argv)
+    init_store(args.tracking_uri, args.experiments)
+    print(f"MLflow store ready at {args.tracking_uri}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""The one training loop of the repository: maximum likelihood for any :class:`~common.flow.Flow`.
+
+``train_and_evaluate(cfg, build_model, workdir)`` builds the data and the model, trains with
+the configured optimizer and schedule, validates every ``eval_every`` steps (keeping the best
+model), checkpoints every ``checkpoint_every`` steps, stops early on a plateau, and finally
+evaluates the best-validation model on the test set.
+
+Determinism: batch order is a function of (seed, epoch) alone, and every random draw of
+training (dequantization noise) comes from the global torch RNG whose state is checkpointed;
+evaluation runs under a forked RNG with a fixed seed. So a run resumed from a checkpoint ends
+bit-identical, on CPU, to one that never stopped.
+
+Outputs in ``workdir``: ``config.yaml``, ``checkpoints/{last,best}.pt``, ``figures/*.png``,
+``metrics.json``; the same go to MLflow through the tracking facade.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from common.config import RunConfig, ScheduleConfig, TrainConfig, flatten, save_config
+from common.data import Dataset, load_dataset
+from common.dequantize import bits_per_dim
+from common.flow import Flow
+from common.plotting import save_curves, save_density_2d, save_image_grid
+from common.tracking import NullTracker, git_state, write_metrics_json
+
+__all__ = ["NonFiniteLossError", "evaluate", "train_and_evaluate"]
+
+EVAL_SEED = 1234  # dequantization noise for validation/test: the same for every evaluation
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss or gradient; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """Everything besides model/optimizer/scheduler needed to resume exactly."""
+
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name in ("adam", "adamax"):
+        cls = torch.optim.Adam if o.name == "adam" else torch.optim.Adamax
+        return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=o.lr, eps=o.eps, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_factor(s: ScheduleConfig, step: int, max_steps: int) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then the schedule."""
+    if s.warmup_steps and step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.name == "exponential":
+        return s.gamma ** (step - s.warmup_steps)
+    if s.name == "cosine":
+        progress = (step - s.warmup_steps) / max(1, max_steps - s.warmup_steps)
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
+    """Indices of the training batch at ``step``: a fresh permutation per epoch drawn from a
+    generator seeded by (seed, epoch) — reproducible, resumable at any step, drop-last."""
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[k * batch_size : (k + 1) * batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: Flow, x: Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean NLL (nats/example) of ``x``, its bits/dim, and the NLL of the dequantized data on
+    its continuous scale (NICE's unit). Dequantization noise is drawn from a fixed seed."""
+    was_training = model.training
+    model.eval()
+    total = cont = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EVAL_SEED)
+        for chunk in x.split(batch_size):
+            parts = model.log_prob_parts(chunk.to(device))
+            total += parts.total.sum().item()
+            cont += parts.continuous.sum().item()
+    model.train(was_training)
+    n, num_dims = len(x), x[0].numel()
+    nll = -total / n
+    return {
+        "nll": nll,
+        "bpd": bits_per_dim(torch.tensor(-nll), num_dims).item(),
+        "nll_continuous": -cont / n,
+    }
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config asks for device 'cuda' but no GPU is visible")
+    return torch.device(name)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, extra) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": asdict(state),
+            "torch_rng": torch.get_rng_state(),
+            **extra,
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the last good checkpoint
+
+
+def _figures(model: Flow, data: Dataset, cfg: RunConfig, workdir: Path, state: TrainState):
+    fig_dir = workdir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    title = f"{cfg.paper} · {cfg.experiment} · seed {cfg.seed}"
+    paths = [save_curves(state.history, fig_dir / "curves.png", title)]
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EVAL_SEED)
+        if data.is_image and data.num_levels and cfg.train.num_samples:
+            samples = model.sample(cfg.train.num_samples)
+            paths.append(save_image_grid(samples, data.num_levels, fig_dir / "samples.png", title))
+        elif data.num_dims == 2:
+            paths.append(save_density_2d(model, data.x_test, fig_dir / "samples.png", title))
+    return paths
+
+
+def train_and_evaluate(
+    cfg: RunConfig,
+    build_model: Callable[[Any, Dataset], Flow],
+    workdir: str | Path,
+    tracker: NullTracker | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``build_model(cfg.model, dataset)`` as ``cfg`` says; return the final metrics.
+
+    Resumes from ``workdir/checkpoints/last.pt`` if present. ``stop_after``: checkpoint and
+    return after this many steps in this call (for preemptible jobs; the run is resumable).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tracker = tracker or NullTracker()
+    save_config(cfg, workdir / "config.yaml")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = _resolve_device(cfg.device)
+
+    data = load_dataset(cfg.data.name, cfg.data.root)
+    model = build_model(cfg.model, data).to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    tc = cfg.train
+    optimizer = make_optimizer(tc, model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(tc.schedule, step, tc.max_steps)
+    )
+    state = TrainState()
+    last_ckpt, best_ckpt = workdir / "checkpoints" / "last.pt", workdir / "checkpoints" / "best.pt"
+    run_id = None
+    if last_ckpt.exists():
+        ckpt = torch.load(last_ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = TrainState(**ckpt["state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        run_id = ckpt.get("run_id") or None
+        print(f"resuming from {last_ckpt} at step {state.step}")
+
+    commit, dirty = git_state()
+    tags = {
+        "paper": cfg.paper, "experiment": cfg.experiment, "scale": cfg.scale,
+        "seed": cfg.seed, "dataset": cfg.data.name, "model": cfg.model.name,
+        "git_commit": commit, "git_dirty": dirty, "data_md5": data.md5,
+        "num_params": num_params, "device": str(device),
+    }  # fmt: skip
+    run_id = tracker.start(
+        f"{cfg.experiment}/seed{cfg.seed}", tags, flatten(cfg.model_dump(mode="json")), run_id
+    )
+    if run_id is None or not last_ckpt.exists():
+        tracker.log_artifact(workdir / "config.yaml")
+    extra = {"run_id": run_id or ""}
+
+    def checkpoint() -> None:
+        _save_checkpoint(last_ckpt, model, optimizer, scheduler, state, extra)
+
+    x_train = data.x_train
+    model.train()
+    steps_this_call, window_start, window_examples = 0, time.perf_counter(), 0
+    wall_start = time.perf_counter()
+    bar = tqdm(total=tc.max_steps, initial=state.step, disable=not progress, mininterval=2.0,
+               desc=f"{cfg.paper}/{cfg.experiment}/seed{cfg.seed}")  # fmt: skip
+    try:
+        while state.step < tc.max_steps and not state.stopped_early:
+            idx = batch_indices(len(x_train), tc.batch_size, cfg.seed, state.step)
+            x = x_train[idx].to(device)
+            loss = -model.log_prob(x).mean()  # nats per example
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at step {state.step}. The last "
+                    f"good checkpoint ({last_ckpt}, if any) was kept. Try a lower learning rate "
+                    "(train.optim.lr), gradient clipping (train.grad_clip) or a warm-up "
+                    "(train.schedule.warmup_steps)."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(
+                    f"non-finite gradient norm at step {state.step} (loss {loss.item():.4g}). "
+                    f"The last good checkpoint ({last_ckpt}, if any) was kept; try "
+                    "train.grad_clip or a lower train.optim.lr."
+                )
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            steps_this_call += 1
+            window_examples += len(x)
+            bar.update(1)
+
+            if state.step % tc.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "train/nll": loss.item(),
+                    "train/bpd": bits_per_dim(-loss.detach(), data.num_dims).item(),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/grad_norm": grad_norm.item(),
+                    "train/samples_per_s": window_examples / max(elapsed, 1e-9),
+                    "train/wall_time_s": time.perf_counter() - wall_start,
+                }
+                tracker.log_metrics(record, state.step)
+                state.history.append({"step": state.step, "train/nll": record["train/nll"]})
+                window_start, window_examples = time.perf_counter(), 0
+                bar.set_postfix(nll=f"{loss.item():.3f}")
+
+            if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
+                val = evaluate(model, data.x_val, tc.eval_batch_size, device)
+                if not math.isfinite(val["nll"]):
+                    raise NonFiniteLossError(
+                        f"non-finite validation NLL at step {state.step}; last good checkpoint "
+                        f"kept at {last_ckpt}."
+                    )
+                tracker.log_metrics({f"val/{k}": v for k, v in val.items()}, state.step)
+                state.history.append({"step": state.step, "val/nll": val["nll"]})
+                if val["nll"] < state.best_val:
+                    state.best_val, state.best_step, state.evals_since_best = (
+                        val["nll"], state.step, 0,
+                    )  # fmt: skip
+                    best_ckpt.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(model.state_dict(), best_ckpt)
+                else:
+                    state.evals_since_best += 1
+                    if tc.patience is not None and state.evals_since_best >= tc.patience:
+                        state.stopped_early = True
+                bar.set_postfix(nll=f"{loss.item():.3f}", val=f"{val['nll']:.3f}")
+
+            if state.step % tc.checkpoint_every == 0:
+                checkpoint()
+            if stop_after is not None and steps_this_call >= stop_after:
+                checkpoint()
+                bar.close()
+                return {"stopped_at_step": state.step}
+    except BaseException as exc:
+        bar.close()
+        tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    bar.close()
+    checkpoint()
+
+    # Test evaluation of the best-validation model.
+    model.load_state_dict(torch.load(best_ckpt, map_location=device, weights_only=True))
+    test = evaluate(model, data.x_test, tc.eval_batch_size, device)
+    val = evaluate(model, data.x_val, tc.eval_batch_size, device)
+    final = {f"test/{k}": v for k, v in test.items()} | {f"best_val/{k}": v for k, v in val.items()}
+    tracker.log_metrics(final, state.step)
+    for path in _figures(model, data, cfg, workdir, state):
+        tracker.log_artifact(path, "figures")
+    tracker.log_artifact(best_ckpt, "checkpoints")
+    payload = {
+        "run_id": run_id,
+        "paper": cfg.paper,
+        "experiment": cfg.experiment,
+        "scale": cfg.scale,
+        "seed": cfg.seed,
+        "dataset": cfg.data.name,
+        "model": cfg.model.name,
+        "num_params": num_params,
+        "steps": state.step,
+        "best_step": state.best_step,
+        "stopped_early": state.stopped_early,
+        "device": str(device),
+        "wall_time_s": time.perf_counter() - wall_start,
+        "metrics": final,
+    }
+    write_metrics_json(workdir / "metrics.json", payload)
+    tracker.log_artifact(workdir / "metrics.json")
+    tracker.end("FINISHED")
+    return payload

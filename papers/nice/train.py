@@ -1,0 +1,19 @@
+"""``python -m papers.nice.train --config papers/nice/configs/cpu/digits_nice.yaml [--set k=v]``"""
+
+from __future__ import annotations
+
+from common.cli import run_cli
+from common.config import DiagonalGaussianModel, RunConfig, model_union
+from papers.nice.model import NiceModel, build_model
+
+
+class NiceConfig(RunConfig):
+    model: model_union(NiceModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(NiceConfig, build_model, argv)
+
+
+if __name__ == "__main__":
+    main()
