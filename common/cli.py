@@ -26,9 +26,8 @@ def run_cli(
     config_cls: type[RunConfig],
     build_model: Callable[[Any, Dataset], Flow],
     argv: list[str] | None = None,
+    paper: str = "<paper>",
 ) -> dict[str, Any]:
-    module = config_cls.__module__.split(".")
-    paper = module[1] if module[0] == "papers" else "<paper>"
     parser = argparse.ArgumentParser(
         prog=f"python -m papers.{paper}.train",
         description=f"Train and evaluate one {paper} experiment.",

@@ -138,6 +138,13 @@ def _section_fields(cls: type[BaseModel], loc: tuple) -> list[str] | None:
     """The allowed keys of the section at ``loc`` (walking nested models and tagged unions)."""
     model: Any = cls
     for part in loc:
+        if isinstance(model, list):  # a tagged union: this loc element names the member
+            tagged = [m for m in model if m.model_fields.get("name") and
+                      typing.get_args(m.model_fields["name"].annotation) == (part,)]  # fmt: skip
+            if not tagged:
+                return None
+            model = tagged[0]
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         if part in model.model_fields:
@@ -155,12 +162,6 @@ def _section_fields(cls: type[BaseModel], loc: tuple) -> list[str] | None:
                 model = members
             else:
                 return None
-        elif isinstance(model, list):  # pick the union member named by this tag
-            tagged = [m for m in model if m.model_fields.get("name") and
-                      typing.get_args(m.model_fields["name"].annotation) == (part,)]  # fmt: skip
-            if not tagged:
-                return None
-            model = tagged[0]
         else:
             return None
     if isinstance(model, list):

@@ -52,6 +52,7 @@ class TrainState:
     best_step: int = -1
     evals_since_best: int = 0
     stopped_early: bool = False
+    wall_time_s: float = 0.0  # training time summed over every (resumed) call
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -210,12 +211,13 @@ def train_and_evaluate(
     extra = {"run_id": run_id or ""}
 
     def checkpoint() -> None:
+        state.wall_time_s = wall_before + time.perf_counter() - wall_start
         _save_checkpoint(last_ckpt, model, optimizer, scheduler, state, extra)
 
     x_train = data.x_train
     model.train()
     steps_this_call, window_start, window_examples = 0, time.perf_counter(), 0
-    wall_start = time.perf_counter()
+    wall_start, wall_before = time.perf_counter(), state.wall_time_s
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not progress, mininterval=2.0,
                desc=f"{cfg.paper}/{cfg.experiment}/seed{cfg.seed}")  # fmt: skip
     try:
@@ -255,7 +257,7 @@ def train_and_evaluate(
                     "train/lr": scheduler.get_last_lr()[0],
                     "train/grad_norm": grad_norm.item(),
                     "train/samples_per_s": window_examples / max(elapsed, 1e-9),
-                    "train/wall_time_s": time.perf_counter() - wall_start,
+                    "train/wall_time_s": wall_before + time.perf_counter() - wall_start,
                 }
                 tracker.log_metrics(record, state.step)
                 state.history.append({"step": state.step, "train/nll": record["train/nll"]})
@@ -282,6 +284,9 @@ def train_and_evaluate(
                     if tc.patience is not None and state.evals_since_best >= tc.patience:
                         state.stopped_early = True
                 bar.set_postfix(nll=f"{loss.item():.3f}", val=f"{val['nll']:.3f}")
+                if not progress:
+                    print(f"step {state.step}/{tc.max_steps}  train nll {loss.item():.4f}  "
+                          f"val nll {val['nll']:.4f}  val bpd {val['bpd']:.4f}", flush=True)  # fmt: skip
 
             if state.step % tc.checkpoint_every == 0:
                 checkpoint()
@@ -301,6 +306,7 @@ def train_and_evaluate(
     test = evaluate(model, data.x_test, tc.eval_batch_size, device)
     val = evaluate(model, data.x_val, tc.eval_batch_size, device)
     final = {f"test/{k}": v for k, v in test.items()} | {f"best_val/{k}": v for k, v in val.items()}
+    final["train/wall_time_s"] = state.wall_time_s
     tracker.log_metrics(final, state.step)
     for path in _figures(model, data, cfg, workdir, state):
         tracker.log_artifact(path, "figures")
@@ -318,7 +324,7 @@ def train_and_evaluate(
         "best_step": state.best_step,
         "stopped_early": state.stopped_early,
         "device": str(device),
-        "wall_time_s": time.perf_counter() - wall_start,
+        "wall_time_s": state.wall_time_s,
         "metrics": final,
     }
     write_metrics_json(workdir / "metrics.json", payload)

@@ -48,18 +48,28 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def prepare_mnist(data_root: Path, download_root: Path, mirrors: list[str] | None = None) -> Path:
-    """Fetch (or reuse) the verified IDX files and write ``data_root/mnist.npz``."""
+def prepare_mnist(
+    data_root: Path,
+    download_root: Path,
+    mirrors: list[str] | None = None,
+    files: dict[str, str] | None = None,
+    n_val: int = 10_000,
+) -> Path:
+    """Fetch (or reuse) the verified IDX files and write ``data_root/mnist.npz``.
+
+    ``mirrors`` and ``files`` (name → MD5) default to the published ones; tests pass their own.
+    """
     mirrors = MNIST_MIRRORS if mirrors is None else mirrors
+    files = MNIST_FILES if files is None else files
     paths = {
         name: fetch([m + name for m in mirrors], Path(download_root) / "mnist" / name, md5)
-        for name, md5 in MNIST_FILES.items()
+        for name, md5 in files.items()
     }
     x = read_idx(paths["train-images-idx3-ubyte.gz"])[:, None]  # (60000, 1, 28, 28) uint8
     y = read_idx(paths["train-labels-idx1-ubyte.gz"])
     x_test = read_idx(paths["t10k-images-idx3-ubyte.gz"])[:, None]
     y_test = read_idx(paths["t10k-labels-idx1-ubyte.gz"])
-    n_train = len(x) - 10_000
+    n_train = len(x) - n_val
     return save_npz(
         Path(data_root) / "mnist.npz",
         x_train=x[:n_train], y_train=y[:n_train],

@@ -12,7 +12,7 @@ class NiceConfig(RunConfig):
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(NiceConfig, build_model, argv)
+    run_cli(NiceConfig, build_model, argv, paper="nice")
 
 
 if __name__ == "__main__":

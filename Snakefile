@@ -1,0 +1,36 @@
+# The reproduction pipeline. Targets: reproduce_<paper> (e.g. reproduce_nice), all.
+#
+#   snakemake reproduce_nice                          # cpu profile (default), offline
+#   snakemake reproduce_nice --config profile=smoke   # seconds
+#   snakemake -n reproduce_nice --config profile=paper  # dry run of the paper-scale jobs
+#
+# Rules live in pipelines/*.smk; the config is validated against pipelines/config.schema.yaml.
+
+from snakemake.utils import validate
+
+
+configfile: "pipelines/config.yaml"
+
+
+validate(config, "pipelines/config.schema.yaml")
+
+
+include: "pipelines/common.smk"
+include: "pipelines/data.smk"
+include: "pipelines/tracking.smk"
+include: "pipelines/train.smk"
+include: "pipelines/report.smk"
+
+
+rule all:
+    input:
+        [report_path(paper) for paper in PAPERS],
+
+
+for _paper in PAPERS:
+
+    rule:
+        name:
+            f"reproduce_{_paper}"
+        input:
+            report_path(_paper),

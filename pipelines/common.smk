@@ -1,0 +1,72 @@
+# Helpers shared by the rule files: paths, experiment discovery, the Python interpreter.
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(workflow.basedir)
+PY = sys.executable  # the interpreter running Snakemake: the project's virtualenv
+PROFILE = config["profile"]
+PAPERS = config["papers"]
+SEEDS = config["seeds"][PROFILE]
+MLFLOW_DB = "runs/mlflow.db"
+TRACKING_URI = f"sqlite:///{ROOT / MLFLOW_DB}"  # absolute: every job writes the same store
+
+OFFLINE_DATA = ["data/digits.npz"] + [
+    f"data/toy/{name}.npz"
+    for name in ("swissroll", "8gaussians", "pinwheel", "circles", "moons", "2spirals",
+                 "checkerboard", "rings")
+]
+ONLINE_DATA = {"mnist": "data/mnist.npz"}
+
+
+wildcard_constraints:
+    profile="smoke|cpu|paper",
+    paper="[a-z_]+",
+    experiment="[A-Za-z0-9_]+",
+    seed=r"\d+",
+
+
+def experiment_config(paper, profile, experiment):
+    return ROOT / "papers" / paper / "configs" / profile / f"{experiment}.yaml"
+
+
+def experiments(paper, profile=PROFILE):
+    """Experiment names: one YAML file each in papers/<paper>/configs/<profile>/."""
+    folder = ROOT / "papers" / paper / "configs" / profile
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    if not names:
+        raise ValueError(f"no experiment configs in {folder}")
+    return names
+
+
+def dataset_of(paper, profile, experiment):
+    cfg = yaml.safe_load(experiment_config(paper, profile, experiment).read_text())
+    return cfg["data"]["name"]
+
+
+def data_file(name):
+    return ONLINE_DATA.get(name, f"data/toy/{name}.npz" if name != "digits" else "data/digits.npz")
+
+
+def online_datasets(profile=PROFILE):
+    """Datasets that must be downloaded for this profile's experiments."""
+    names = {dataset_of(p, profile, e) for p in PAPERS for e in experiments(p, profile)}
+    return sorted(names & ONLINE_DATA.keys())
+
+
+def run_dir(profile, paper, experiment, seed):
+    return f"runs/{profile}/{paper}/{experiment}/seed{seed}"
+
+
+def run_outputs(paper, profile=PROFILE):
+    return [
+        f"{run_dir(profile, paper, e, s)}/metrics.json"
+        for e in experiments(paper, profile)
+        for s in SEEDS
+    ]
+
+
+def report_path(paper, profile=PROFILE):
+    """The committed report is the cpu one; other profiles write under reports/<profile>/."""
+    return f"reports/{paper}.md" if profile == "cpu" else f"reports/{profile}/{paper}.md"

@@ -1,0 +1,24 @@
+# Data: pulled from the DVC remote if it holds the version data.dvc names, otherwise built
+# (offline sets) or downloaded (paper-scale sets), then recorded with `dvc add` and pushed.
+# The offline build is deterministic, so a rebuild reproduces the hash in data.dvc.
+# One local rule owns every DVC call: two DVC commands in one repo at once fail on its lock.
+
+
+rule data:
+    output:
+        OFFLINE_DATA + [ONLINE_DATA[name] for name in online_datasets()],
+    params:
+        online=" ".join(online_datasets()),
+    log:
+        "runs/logs/data.log",
+    localrule: True
+    resources:
+        dvc_lock=1,
+    shell:
+        """
+        export DVC_NO_ANALYTICS=1
+        {{ dvc pull --quiet data.dvc || echo "data.dvc not in the DVC remote: building"; }} > {log} 2>&1
+        {PY} -m common.data prepare --root data --datasets {params.online} >> {log} 2>&1
+        dvc add --quiet data >> {log} 2>&1
+        dvc push --quiet data.dvc >> {log} 2>&1
+        """

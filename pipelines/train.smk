@@ -1,0 +1,23 @@
+# One training job per (profile, paper, experiment, seed). Run with `shell:` (not `script:`)
+# so the run records the git commit and Snakemake tracks the command. Paper-scale jobs ask
+# for a GPU; limit concurrent GPU jobs with --resources gpu=N (see pipelines/profiles/paper).
+
+
+rule train:
+    input:
+        config=lambda wc: experiment_config(wc.paper, wc.profile, wc.experiment),
+        data=lambda wc: data_file(dataset_of(wc.paper, wc.profile, wc.experiment)),
+        store=ancient(MLFLOW_DB),
+    output:
+        f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/metrics.json",
+    log:
+        f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/train.log",
+    params:
+        workdir=lambda wc: run_dir(wc.profile, wc.paper, wc.experiment, wc.seed),
+    threads: 1
+    resources:
+        gpu=lambda wc: 1 if wc.profile == "paper" else 0,
+    shell:
+        "{PY} -m papers.{wildcards.paper}.train --config {input.config}"
+        " --set seed={wildcards.seed} --workdir {params.workdir}"
+        " --tracking-uri {TRACKING_URI} --no-progress > {log} 2>&1"

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The offline datasets, built once per test session into a temporary folder."""
+    from common.data import build_offline
+
+    root = tmp_path_factory.mktemp("data")
+    build_offline(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

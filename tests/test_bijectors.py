@@ -1,0 +1,165 @@
+"""Every core bijector passes the shared invariance check; the check itself can fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from common.bijector import (
+    Bijector,
+    Compose,
+    InputOutsideDomainError,
+    Inverse,
+    InverseNotAvailableError,
+    Permutation,
+    Reverse,
+)
+from common.dequantize import Logit
+from common.layers import Coupling, ElementwiseAffine, Reshape, alternating_mask
+from common.logdet import LULinear
+from common.nets import MLP
+from common.testing import check_bijector
+
+D = 6
+
+
+def coupling(transform: str, context: int = 0, zero_init: bool = True) -> Coupling:
+    mask = alternating_mask(D, 0)
+    out = D // 2 if transform == "additive" else D
+    return Coupling(mask, MLP(D // 2 + context, out, 16, 2, "tanh", zero_init), transform)
+
+
+LAYERS = {
+    "elementwise_affine": lambda: ElementwiseAffine(D),
+    "elementwise_scale": lambda: ElementwiseAffine(D, shift=False),
+    "permutation": lambda: Permutation.random(D, seed=3),
+    "reverse": lambda: Reverse(D),
+    "additive_coupling": lambda: coupling("additive"),
+    "affine_coupling": lambda: coupling("affine"),
+    "lu_linear": lambda: LULinear(D, seed=1),
+    "inverse_of_coupling": lambda: Inverse(coupling("affine")),
+    "compose": lambda: Compose(
+        ElementwiseAffine(D), coupling("additive"), Reverse(D), coupling("affine"), LULinear(D)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_core_bijectors_pass_invariance_check(name):
+    result = check_bijector(LAYERS[name](), torch.randn(5, D))
+    assert result.round_trip_error < 1e-8
+
+
+def test_coupling_with_context():
+    check_bijector(coupling("affine", context=3), torch.randn(4, D), context=torch.randn(4, 3))
+
+
+def test_logit_passes_on_its_domain():
+    check_bijector(Logit(0.05), torch.rand(4, D))
+
+
+def test_reshape_passes():
+    check_bijector(Reshape((2, 3), (6,)), torch.randn(3, 2, 3))
+
+
+# --- the check must be able to fail ------------------------------------------------------
+
+
+class WrongLdj(ElementwiseAffine):
+    def forward(self, x, context=None):
+        z, ldj = super().forward(x, context)
+        return z, 0.5 * ldj  # a reduction bug: half the log-det...
+
+    def inverse(self, z, context=None):
+        x, ldj = super().inverse(z, context)
+        return x, 0.5 * ldj  # ...consistently in both directions
+
+
+class PlainAttributeInit(ElementwiseAffine):
+    """Data-dependent init whose flag and offset are plain attributes: a reloaded copy would
+    initialise again on whatever batch it sees first."""
+
+    def __init__(self, d):
+        super().__init__(d)
+        self.initialised = False
+        self.offset = None
+
+    def forward(self, x, context=None):
+        if not self.initialised:
+            self.offset, self.initialised = x.mean(0).detach(), True
+        return super().forward(x - self.offset, context)
+
+    def inverse(self, z, context=None):
+        x, ldj = super().inverse(z, context)
+        return x + self.offset, ldj
+
+
+class DeadParameter(ElementwiseAffine):
+    def __init__(self, d):
+        super().__init__(d)
+        self.unused = nn.Parameter(torch.zeros(d))
+
+
+class NoInverseLdjSign(ElementwiseAffine):
+    def inverse(self, z, context=None):
+        x, ldj = super().inverse(z, context)
+        return x, -ldj  # wrong sign
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (WrongLdj(D), "autograd"),
+        (NoInverseLdjSign(D), "not 0"),
+        (DeadParameter(D), "unused"),
+    ],
+)
+def test_check_bijector_catches_bugs(layer, message):
+    with pytest.raises(AssertionError, match=message):
+        check_bijector(layer, torch.randn(4, D))
+
+
+def test_check_bijector_catches_state_outside_buffers():
+    with pytest.raises(AssertionError, match="state_dict"):
+        check_bijector(PlainAttributeInit(D), torch.randn(4, D), check_gradients=False)
+
+
+def test_zero_initialised_layer_is_perturbed_first():
+    # A zero-initialised coupling is the identity: with perturbation its ldj must be non-zero.
+    layer = coupling("affine", zero_init=True)
+    x = torch.randn(4, D)
+    assert torch.allclose(layer(x)[0], x)
+    result = check_bijector(layer, x)
+    assert result.num_parameters == len(list(layer.parameters()))
+
+
+# --- domains and contracts --------------------------------------------------------------
+
+
+def test_permutation_rejects_non_permutation_and_wrong_width():
+    with pytest.raises(ValueError, match="not a permutation"):
+        Permutation(torch.tensor([0, 0, 1]))
+    with pytest.raises(InputOutsideDomainError):
+        Reverse(4)(torch.randn(2, 5))
+
+
+def test_logit_rejects_inputs_outside_unit_interval():
+    with pytest.raises(InputOutsideDomainError, match=r"\[0, 1\]"):
+        Logit(0.05)(torch.tensor([[0.5, 1.5]]))
+
+
+def test_base_class_inverse_not_available():
+    with pytest.raises(InverseNotAvailableError):
+        Bijector().inverse(torch.zeros(1, 1))
+
+
+def test_compose_accumulates_on_input_device_and_dtype():
+    layer = Compose(ElementwiseAffine(D), Reverse(D)).double()
+    z, ldj = layer(torch.randn(3, D, dtype=torch.float64))
+    assert ldj.shape == (3,) and ldj.dtype == torch.float64 and ldj.device == z.device
+
+
+def test_coupling_mask_must_split():
+    with pytest.raises(ValueError, match="some but not all"):
+        Coupling(torch.ones(4, dtype=torch.bool), nn.Identity())

@@ -1,0 +1,123 @@
+"""Datasets: deterministic builds, splits, toy generators, MNIST download + IDX parsing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+
+from common.data import (
+    ChecksumError,
+    DatasetNotFoundError,
+    build_offline,
+    load_dataset,
+)
+from common.data.mnist import prepare_mnist, read_idx
+from common.data.npz import file_md5
+from common.data.toy import TOY_DATASETS, sample_toy
+
+
+def test_offline_build_is_byte_identical(data_root, tmp_path):
+    first = {p.relative_to(data_root): file_md5(p) for p in data_root.rglob("*.npz")}
+    build_offline(tmp_path)
+    second = {p.relative_to(tmp_path): file_md5(p) for p in tmp_path.rglob("*.npz")}
+    assert first == second and len(first) == 1 + len(TOY_DATASETS)
+
+
+def test_digits_splits(data_root):
+    ds = load_dataset("digits", data_root)
+    assert ds.event_shape == (1, 8, 8) and ds.num_levels == 17 and ds.num_dims == 64
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (1437, 180, 180)
+    allx = np.concatenate([ds.x_train, ds.x_val, ds.x_test]).reshape(1797, -1)
+    assert allx.min() == 0 and allx.max() == 16 and allx.dtype == np.uint8
+    # The split is a permutation of the bundled set: every image is used exactly once.
+    from sklearn.datasets import load_digits
+
+    ref = load_digits().images.reshape(1797, -1).astype(np.uint8)
+    assert sorted(map(bytes, allx)) == sorted(map(bytes, ref))
+
+
+@pytest.mark.parametrize("name", sorted(TOY_DATASETS))
+def test_toy_generators(name, data_root):
+    x = sample_toy(name, 1001, seed=5)
+    assert x.shape == (1001, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert np.array_equal(x, sample_toy(name, 1001, seed=5))
+    assert not np.array_equal(x, sample_toy(name, 1001, seed=6))
+    assert 0.3 < x.std() < 5  # on the plotting scale of FFJORD's figures
+    ds = load_dataset(name, data_root)
+    assert ds.num_levels is None and not np.array_equal(ds.x_val, ds.x_test)
+
+
+def test_unknown_toy_and_missing_dataset(tmp_path):
+    with pytest.raises(KeyError, match="available"):
+        sample_toy("spiral3", 10, 0)
+    with pytest.raises(DatasetNotFoundError, match="common.data prepare"):
+        load_dataset("digits", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="download"):
+        load_dataset("mnist", tmp_path)
+
+
+# --- MNIST: tiny files in the real IDX format, served from file:// "mirrors" ---------------
+
+
+def write_idx(path, array: np.ndarray) -> str:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    rng = np.random.default_rng(0)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (12, 28, 28)),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 12),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (3, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 3),
+    }
+    files = {name: write_idx(mirror / name, a) for name, a in arrays.items()}
+    return mirror, files, arrays
+
+
+def test_read_idx_round_trip(tiny_mnist):
+    mirror, _, arrays = tiny_mnist
+    got = read_idx(mirror / "train-images-idx3-ubyte.gz")
+    assert got.shape == (12, 28, 28) and np.array_equal(got, arrays["train-images-idx3-ubyte.gz"])
+
+
+def test_read_idx_rejects_garbage(tmp_path):
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x01\x02\x03\x04rest")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)
+
+
+def test_prepare_mnist_downloads_verifies_and_splits(tiny_mnist, tmp_path):
+    mirror, files, arrays = tiny_mnist
+    dead = "http://127.0.0.1:9/"  # nothing listens there: the loader falls through to the next
+    prepare_mnist(tmp_path / "data", tmp_path / "dl", [dead, mirror.as_uri() + "/"], files, n_val=2)
+    ds = load_dataset("mnist", tmp_path / "data")
+    assert ds.event_shape == (1, 28, 28) and ds.num_levels == 256
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (10, 2, 3)
+    assert np.array_equal(ds.x_val.numpy()[:, 0], arrays["train-images-idx3-ubyte.gz"][10:])
+
+
+def test_checksum_mismatch_stops_and_keeps_the_file(tiny_mnist, tmp_path):
+    mirror, files, _ = tiny_mnist
+    files = dict(files, **{"t10k-labels-idx1-ubyte.gz": "0" * 32})
+    with pytest.raises(ChecksumError, match="does not match the published"):
+        prepare_mnist(tmp_path / "data", tmp_path / "dl", [mirror.as_uri() + "/"], files, 2)
+    kept = tmp_path / "dl" / "mnist" / "t10k-labels-idx1-ubyte.gz.corrupt"
+    assert kept.exists() and not (tmp_path / "data" / "mnist.npz").exists()
+
+
+def test_offline_download_says_what_to_do(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="place it at"):
+        prepare_mnist(tmp_path / "data", tmp_path / "dl", ["http://127.0.0.1:9/"])
