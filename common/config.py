@@ -10,6 +10,7 @@ Each paper subclasses :class:`RunConfig` and narrows ``model`` to its own model 
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -109,7 +110,13 @@ class RunConfig(StrictModel):
 C = TypeVar("C", bound=RunConfig)
 
 
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _parse_value(text: str) -> Any:
+    """YAML scalar parsing, except that ``3e-4`` is a float (YAML 1.1 reads it as a string)."""
+    if _SCIENTIFIC.match(text.strip()):
+        return float(text)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -4,8 +4,8 @@ Every number in a report is read back from the MLflow store (the run ids come fr
 ``metrics.json`` files the pipeline produced); paper numbers are read from ``paper.yaml`` and
 always labelled as the paper's. Each of our numbers carries the scale it was obtained at.
 
-    python -m common.reports --paper nice --profile cpu --metrics runs/cpu/nice/*/seed*/metrics.json \
-        --out reports/nice.md
+    python -m common.reports --paper nice --profile cpu \
+        --metrics runs/cpu/nice/*/seed*/metrics.json --out reports/nice.md
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def fmt(stat: tuple[float, float, int] | None, digits: int = 3) -> str:
     if stat is None:
         return "—"
     mean, std, n = stat
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})" if n > 1 else f"{mean:.{digits}f} (n=1)"
+    if n == 1:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
 
 
 def _load_runs(tracking_uri: str, metrics_files: list[Path]) -> dict[str, Group]:
@@ -115,7 +117,7 @@ def _claim_row(claim: dict, groups: dict[str, Group], profile: str) -> list[str]
         return [claim["table"], claim["dataset"], paper_value, "—", "—", "—",
                 f"not reproduced: {claim.get('why_not', 'no experiment for it')}"]  # fmt: skip
     if exp not in groups:
-        return [claim["table"], claim["dataset"], paper_value, "—", profile, "—",
+        return [claim["table"], claim["dataset"], paper_value, "—", "—", "—",
                 f"not run at the `{profile}` scale; run `snakemake reproduce_{claim['paper']} "
                 f"--config profile={claim.get('scale', 'paper')}`"]  # fmt: skip
     g = groups[exp]
@@ -208,7 +210,7 @@ def generate_report(
                 _verdict_vs_baseline(g, base) if base else "no baseline run")  # fmt: skip
             rows.append([
                 dataset, f"`{g.experiment}`", fmt(g.stat("test/nll")), fmt(g.stat("test/bpd")),
-                g.tag("num_params"), f"{_mean_wall(g):.0f} s", g.tag("device"), verdict,
+                f"{int(g.tag('num_params')):,}", f"{_mean_wall(g):.1f} s", g.tag("device"), verdict,
             ])  # fmt: skip
     lines += _table(
         ["dataset", "experiment", "test NLL (nats)", "test bpd", "params", "train time/seed",

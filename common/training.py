@@ -285,8 +285,11 @@ def train_and_evaluate(
                         state.stopped_early = True
                 bar.set_postfix(nll=f"{loss.item():.3f}", val=f"{val['nll']:.3f}")
                 if not progress:
-                    print(f"step {state.step}/{tc.max_steps}  train nll {loss.item():.4f}  "
-                          f"val nll {val['nll']:.4f}  val bpd {val['bpd']:.4f}", flush=True)  # fmt: skip
+                    print(
+                        f"step {state.step}/{tc.max_steps}  train nll {loss.item():.4f}  "
+                        f"val nll {val['nll']:.4f}  val bpd {val['bpd']:.4f}",
+                        flush=True,
+                    )
 
             if state.step % tc.checkpoint_every == 0:
                 checkpoint()
@@ -305,7 +308,8 @@ def train_and_evaluate(
     model.load_state_dict(torch.load(best_ckpt, map_location=device, weights_only=True))
     test = evaluate(model, data.x_test, tc.eval_batch_size, device)
     val = evaluate(model, data.x_val, tc.eval_batch_size, device)
-    final = {f"test/{k}": v for k, v in test.items()} | {f"best_val/{k}": v for k, v in val.items()}
+    final = {f"test/{k}": v for k, v in test.items()}
+    final |= {f"best_val/{k}": v for k, v in val.items()}
     final["train/wall_time_s"] = state.wall_time_s
     tracker.log_metrics(final, state.step)
     for path in _figures(model, data, cfg, workdir, state):

@@ -17,8 +17,8 @@ rule data:
     shell:
         """
         export DVC_NO_ANALYTICS=1
-        {{ dvc pull --quiet data.dvc || echo "data.dvc not in the DVC remote: building"; }} > {log} 2>&1
+        {{ {PY} -m dvc pull --quiet data.dvc || echo "data.dvc not in the DVC remote: building"; }} > {log} 2>&1
         {PY} -m common.data prepare --root data --datasets {params.online} >> {log} 2>&1
-        dvc add --quiet data >> {log} 2>&1
-        dvc push --quiet data.dvc >> {log} 2>&1
+        {PY} -m dvc add --quiet data >> {log} 2>&1
+        {PY} -m dvc push --quiet data.dvc >> {log} 2>&1
         """

@@ -11,6 +11,9 @@ class NiceConfig(RunConfig):
     model: model_union(NiceModel, DiagonalGaussianModel)  # type: ignore[valid-type]
 
 
+CONFIG = NiceConfig  # the config class of this paper's experiments (found by the tests)
+
+
 def main(argv: list[str] | None = None) -> None:
     run_cli(NiceConfig, build_model, argv, paper="nice")
 

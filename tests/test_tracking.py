@@ -1,0 +1,47 @@
+"""The tracking facade writes what it promises to MLflow and to metrics.json."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from common.tracking import Tracker, init_store, sqlite_uri
+from common.training import train_and_evaluate
+from papers.nice.model import build_model
+from tests.test_training import make_cfg
+
+
+def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
+    uri = sqlite_uri(tmp_path / "store" / "mlflow.db")
+    init_store(uri, ["nice"])
+    cfg = make_cfg(data_root, max_steps=20)
+    out = train_and_evaluate(cfg, build_model, tmp_path / "run", Tracker(uri, "nice"),
+                             progress=False)  # fmt: skip
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(out["run_id"])
+    tags = run.data.tags
+    for key in ("paper", "experiment", "scale", "seed", "git_commit", "git_dirty", "data_md5"):
+        assert key in tags, key
+    assert (tags["paper"], tags["experiment"], tags["scale"]) == ("nice", "digits_test", "smoke")
+    assert run.data.params["train.batch_size"] == "32"
+    assert run.data.params["model.name"] == "nice"
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train/nll")
+    assert [m.step for m in history] == [5, 10, 15, 20]
+    for key in ("val/nll", "val/bpd", "train/samples_per_s", "test/nll", "test/bpd"):
+        assert key in run.data.metrics, key
+
+    def listing(path=None):
+        return {a.path for a in client.list_artifacts(run.info.run_id, path)}
+
+    assert {"config.yaml", "metrics.json", "figures", "checkpoints"} <= listing()
+    assert {"figures/curves.png", "figures/samples.png"} <= listing("figures")
+    assert "checkpoints/best.pt" in listing("checkpoints")
+    # The artifact store lives beside the database, not in the working directory.
+    assert (tmp_path / "store" / "mlartifacts").is_dir()
+
+    payload = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert payload["run_id"] == run.info.run_id
+    assert payload["metrics"]["test/nll"] == run.data.metrics["test/nll"]
