@@ -49,7 +49,8 @@ class Flow(nn.Module):
 
     def log_prob_parts(self, x: Tensor, context: Tensor | None = None) -> LogProb:
         """log p(x) and its dequantization part; ``x`` is ``(B, ...)``."""
-        dequant_ldj = x.new_zeros(x.shape[0], dtype=torch.get_default_dtype())
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        dequant_ldj = x.new_zeros(x.shape[0], dtype=dtype)  # integer data: default float
         if self.dequantization is not None:
             x, dequant_ldj = self.dequantization(x, context)
         z, ldj = self.transform(x, context)

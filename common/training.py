@@ -16,6 +16,7 @@ Outputs in ``workdir``: ``config.yaml``, ``checkpoints/{last,best}.pt``, ``figur
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from common.config import RunConfig, ScheduleConfig, TrainConfig, flatten, save_config
+from common.config import ConfigError, RunConfig, ScheduleConfig, TrainConfig, flatten, save_config
 from common.data import Dataset, load_dataset
 from common.dequantize import bits_per_dim
 from common.flow import Flow
@@ -131,6 +132,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState,
             "scheduler": scheduler.state_dict(),
             "state": asdict(state),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             **extra,
         },
         tmp,
@@ -170,7 +172,7 @@ def train_and_evaluate(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tracker = tracker or NullTracker()
-    save_config(cfg, workdir / "config.yaml")
+    resolved = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = _resolve_device(cfg.device)
@@ -186,15 +188,24 @@ def train_and_evaluate(
     state = TrainState()
     last_ckpt, best_ckpt = workdir / "checkpoints" / "last.pt", workdir / "checkpoints" / "best.pt"
     run_id = None
-    if last_ckpt.exists():
+    resuming = last_ckpt.exists()
+    if resuming:
         ckpt = torch.load(last_ckpt, map_location=device, weights_only=True)
+        if ckpt.get("config") != resolved:
+            raise ConfigError(
+                f"{workdir} holds a checkpoint of a different config (see its config.yaml); "
+                "resume with the same config, or use another --workdir."
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if ckpt.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
         run_id = ckpt.get("run_id") or None
         print(f"resuming from {last_ckpt} at step {state.step}")
+    save_config(cfg, workdir / "config.yaml")
 
     commit, dirty = git_state()
     tags = {
@@ -206,9 +217,9 @@ def train_and_evaluate(
     run_id = tracker.start(
         f"{cfg.experiment}/seed{cfg.seed}", tags, flatten(cfg.model_dump(mode="json")), run_id
     )
-    if run_id is None or not last_ckpt.exists():
+    if not resuming:
         tracker.log_artifact(workdir / "config.yaml")
-    extra = {"run_id": run_id or ""}
+    extra = {"run_id": run_id or "", "config": resolved}
 
     def checkpoint() -> None:
         state.wall_time_s = wall_before + time.perf_counter() - wall_start

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from common.config import ScheduleConfig
+from common.config import ConfigError, ScheduleConfig
 from common.layers import ElementwiseAffine
 from common.training import (
     NonFiniteLossError,
@@ -51,6 +51,14 @@ def test_resumed_run_is_identical_to_uninterrupted(data_root, tmp_path):
     b = torch.load(tmp_path / "b/checkpoints/best.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "b/figures/samples.png").exists()
+
+
+def test_resume_refuses_a_different_config(data_root, tmp_path):
+    cfg = make_cfg(data_root)
+    train_and_evaluate(cfg, build_model, tmp_path, stop_after=5, progress=False)
+    changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 80})})
+    with pytest.raises(ConfigError, match="different config"):
+        train_and_evaluate(changed, build_model, tmp_path, progress=False)
 
 
 def test_different_seeds_give_different_runs(data_root, tmp_path):
