@@ -27,7 +27,6 @@ from common.tracking import default_tracking_uri
 __all__ = ["generate_report"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METRIC_LABELS = {"test/nll": "test NLL (nats)", "test/bpd": "test bpd"}
 
 
 @dataclass
