@@ -96,3 +96,14 @@ def test_bad_pipeline_config_is_rejected(clone):
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Failed validating 'enum'" in out and "'huge'" in out
+
+
+def test_fresh_clone_plans_training_although_the_report_is_committed(clone):
+    # reports/nice.md is committed; a fresh clone must still train rather than say "Nothing
+    # to be done" (the reproduce target asks for the runs, not only the report).
+    assert (clone / "reports/nice.md").exists()
+    result = snakemake(clone, "-n", "reproduce_nice")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "runs/cpu/nice/digits_nice/seed2/metrics.json" in out
+    assert "rule report:" in out and "Nothing to be done" not in out
