@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.data import DATASETS
+from common.data_registry import DATASETS
 
 __all__ = [
     "ConfigError",
@@ -50,7 +50,7 @@ class StrictModel(BaseModel):
 
 
 class DataConfig(StrictModel):
-    name: DatasetName = Field(description="dataset, see common.data.DATASETS")
+    name: DatasetName = Field(description="dataset, see common.data_registry.DATASETS")
     root: str = Field("data", description="folder holding the .npz files (tracked by DVC)")
 
 

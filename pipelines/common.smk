@@ -12,12 +12,11 @@ SEEDS = config["seeds"][PROFILE]
 MLFLOW_DB = "runs/mlflow.db"
 TRACKING_URI = f"sqlite:///{ROOT / MLFLOW_DB}"  # absolute: every job writes the same store
 
-OFFLINE_DATA = ["data/digits.npz"] + [
-    f"data/toy/{name}.npz"
-    for name in ("swissroll", "8gaussians", "pinwheel", "circles", "moons", "2spirals",
-                 "checkerboard", "rings")
-]
-ONLINE_DATA = {"mnist": "data/mnist.npz"}
+# Dataset files come from the one registry in common/ (dependency-free, cheap to import).
+sys.path.insert(0, str(ROOT))
+from common.data_registry import DATASETS, dataset_path  # noqa: E402
+
+OFFLINE_DATA = [str(dataset_path(n)) for n, info in DATASETS.items() if not info.download]
 
 
 wildcard_constraints:
@@ -45,14 +44,10 @@ def dataset_of(paper, profile, experiment):
     return cfg["data"]["name"]
 
 
-def data_file(name):
-    return ONLINE_DATA.get(name, f"data/toy/{name}.npz" if name != "digits" else "data/digits.npz")
-
-
 def online_datasets(profile=PROFILE):
     """Datasets that must be downloaded for this profile's experiments."""
     names = {dataset_of(p, profile, e) for p in PAPERS for e in experiments(p, profile)}
-    return sorted(names & ONLINE_DATA.keys())
+    return sorted(n for n in names if DATASETS[n].download)
 
 
 def run_dir(profile, paper, experiment, seed):

@@ -6,7 +6,7 @@
 
 rule data:
     output:
-        OFFLINE_DATA + [ONLINE_DATA[name] for name in online_datasets()],
+        OFFLINE_DATA + [str(dataset_path(name)) for name in online_datasets()],
     params:
         online=" ".join(online_datasets()),
     log:

@@ -6,7 +6,7 @@
 rule train:
     input:
         config=lambda wc: experiment_config(wc.paper, wc.profile, wc.experiment),
-        data=lambda wc: data_file(dataset_of(wc.paper, wc.profile, wc.experiment)),
+        data=lambda wc: str(dataset_path(dataset_of(wc.paper, wc.profile, wc.experiment))),
         store=ancient(MLFLOW_DB),
     output:
         f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/metrics.json",

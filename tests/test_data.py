@@ -51,6 +51,13 @@ def test_toy_generators(name, data_root):
     assert ds.num_levels is None and not np.array_equal(ds.x_val, ds.x_test)
 
 
+def test_registry_and_generators_agree():
+    from common.data_registry import DATASETS, TOY_NAMES
+
+    assert tuple(TOY_DATASETS) == TOY_NAMES
+    assert {n for n, info in DATASETS.items() if info.num_levels is None} == set(TOY_NAMES)
+
+
 def test_unknown_toy_and_missing_dataset(tmp_path):
     with pytest.raises(KeyError, match="available"):
         sample_toy("spiral3", 10, 0)

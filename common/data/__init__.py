@@ -19,6 +19,7 @@ from common.data.errors import ChecksumError, DatasetNotFoundError
 from common.data.mnist import prepare_mnist
 from common.data.npz import file_md5, load_npz, save_npz
 from common.data.toy import TOY_DATASETS, make_toy_splits
+from common.data_registry import DATASETS, dataset_path
 
 __all__ = [
     "DATASETS",
@@ -30,14 +31,6 @@ __all__ = [
     "dataset_path",
     "load_dataset",
 ]
-
-# name → (file under data/, number of levels or None for continuous data, needs a download)
-DATASETS: dict[str, tuple[str, int | None, bool]] = {
-    "digits": ("digits.npz", 17, False),
-    "mnist": ("mnist.npz", 256, True),
-    **{name: (f"toy/{name}.npz", None, False) for name in TOY_DATASETS},
-}
-
 
 @dataclass
 class Dataset:
@@ -62,12 +55,6 @@ class Dataset:
     @property
     def is_image(self) -> bool:
         return self.x_train.ndim == 4
-
-
-def dataset_path(name: str, root: str | Path) -> Path:
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
-    return Path(root) / DATASETS[name][0]
 
 
 def build_digits(root: str | Path, n_val: int = 180, n_test: int = 180) -> Path:
@@ -102,7 +89,7 @@ def load_dataset(name: str, root: str | Path) -> Dataset:
         how = (
             "It needs a download: run `python -m common.data prepare --datasets mnist` on a "
             "machine with internet access (or the pipeline at `--config profile=paper`)."
-            if DATASETS[name][2]
+            if DATASETS[name].download
             else "Build the offline datasets with `python -m common.data prepare` (or run the "
             "pipeline, whose `data` rule does it and tracks the result with DVC)."
         )
@@ -113,6 +100,6 @@ def load_dataset(name: str, root: str | Path) -> Dataset:
         x_train=torch.from_numpy(arrays["x_train"]),
         x_val=torch.from_numpy(arrays["x_val"]),
         x_test=torch.from_numpy(arrays["x_test"]),
-        num_levels=DATASETS[name][1],
+        num_levels=DATASETS[name].num_levels,
         md5=file_md5(path),
     )

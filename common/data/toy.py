@@ -83,7 +83,7 @@ def checkerboard(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack([x1, x2], 1) * 2.0
 
 
-TOY_DATASETS: dict[str, Generator] = {
+TOY_DATASETS: dict[str, Generator] = {  # keys: common.data_registry.TOY_NAMES
     "swissroll": swissroll,
     "8gaussians": eight_gaussians,
     "pinwheel": pinwheel,

@@ -1,0 +1,36 @@
+"""Which datasets exist, where their files live under ``data/``, and which need a download.
+
+Dependency-free on purpose: the Snakefile imports it at every invocation (``common.data``
+pulls in torch and scikit-learn, seconds to import).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["DATASETS", "TOY_NAMES", "DatasetInfo", "dataset_path"]
+
+# FFJORD's 2-D toy sets (generators in common.data.toy).
+TOY_NAMES = (
+    "swissroll", "8gaussians", "pinwheel", "circles", "moons", "2spirals", "checkerboard", "rings",
+)  # fmt: skip
+
+
+class DatasetInfo(NamedTuple):
+    file: str  # path under the data root
+    num_levels: int | None  # grey levels of discrete data; None for continuous data
+    download: bool  # needs the internet (else built offline, deterministically)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits.npz", 17, False),
+    "mnist": DatasetInfo("mnist.npz", 256, True),
+    **{name: DatasetInfo(f"toy/{name}.npz", None, False) for name in TOY_NAMES},
+}
+
+
+def dataset_path(name: str, root: str | Path = "data") -> Path:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+    return Path(root) / DATASETS[name].file
