@@ -82,6 +82,14 @@ class TrainConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     num_samples: int = Field(64, ge=0, description="samples drawn for the figure")
+    sample_temperatures: tuple[float, ...] = Field(
+        (1.0,), min_length=1, description="base temperatures of the sample figures (Glow Sec. 5)"
+    )
+    hflip: bool = Field(False, description="random horizontal flips of training images")
+    polyak_decay: float | None = Field(
+        None, gt=0, lt=1, description="evaluate an exponential moving average of the weights "
+        "(Polyak averaging, as in the Glow authors' code) with this decay per step",
+    )  # fmt: skip
 
 
 class DiagonalGaussianModel(StrictModel):

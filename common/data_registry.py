@@ -26,6 +26,7 @@ class DatasetInfo(NamedTuple):
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits.npz", 17, False),
     "mnist": DatasetInfo("mnist.npz", 256, True),
+    "cifar10": DatasetInfo("cifar10.npz", 256, True),
     **{name: DatasetInfo(f"toy/{name}.npz", None, False) for name in TOY_NAMES},
 }
 

@@ -61,6 +61,12 @@ class Flow(nn.Module):
         """log p(x), shape ``(B,)``, in nats."""
         return self.log_prob_parts(x, context).total
 
+    def penalty(self) -> Tensor:
+        """The regulariser the trainer adds to the NLL: the sum of ``penalty()`` over every
+        submodule that defines one (e.g. RealNVP's L2 on weight-norm scales), else 0."""
+        terms = [m.penalty() for m in self.modules() if m is not self and hasattr(m, "penalty")]
+        return sum(terms, self.base._anchor.new_zeros(()))
+
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         """``n`` samples in data space (discrete levels if the flow dequantizes)."""

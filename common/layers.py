@@ -41,12 +41,17 @@ class ElementwiseAffine(Bijector):
     With ``shift=False`` this is NICE's diagonal scaling layer (Dinh et al. 2014, Sec. 3.3: "the
     only volume change"); with a standard-normal base and ``shift=True`` it is a diagonal
     Gaussian model with mean −b·exp(−s) and std exp(−s). Initialised to the identity.
+
+    ``num_features`` may be a shape, e.g. ``(C, H, W)``: on the top latent of a multi-scale
+    flow this is Glow's learned top prior N(μ, diag σ²) (``learn_top`` in the authors' code:
+    a mean and log-std per position, zero at init) written as a bijection ahead of N(0, I).
     """
 
-    def __init__(self, num_features: int, shift: bool = True) -> None:
+    def __init__(self, num_features: int | tuple[int, ...], shift: bool = True) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(num_features))
-        self.shift = nn.Parameter(torch.zeros(num_features)) if shift else None
+        shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
+        self.log_scale = nn.Parameter(torch.zeros(shape))
+        self.shift = nn.Parameter(torch.zeros(shape)) if shift else None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z = x * self.log_scale.exp()

@@ -35,7 +35,7 @@ from common.flow import Flow
 from common.plotting import save_curves, save_density_2d, save_image_grid
 from common.tracking import NullTracker, git_state, write_metrics_json
 
-__all__ = ["NonFiniteLossError", "evaluate", "train_and_evaluate"]
+__all__ = ["NonFiniteLossError", "evaluate", "sample_figure_name", "train_and_evaluate"]
 
 EVAL_SEED = 1234  # dequantization noise for validation/test: the same for every evaluation
 
@@ -146,14 +146,44 @@ def _figures(model: Flow, data: Dataset, cfg: RunConfig, workdir: Path, state: T
     title = f"{cfg.paper} · {cfg.experiment} · seed {cfg.seed}"
     paths = [save_curves(state.history, fig_dir / "curves.png", title)]
     model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(EVAL_SEED)
-        if data.is_image and data.num_levels and cfg.train.num_samples:
-            samples = model.sample(cfg.train.num_samples)
-            paths.append(save_image_grid(samples, data.num_levels, fig_dir / "samples.png", title))
-        elif data.num_dims == 2:
+    if data.is_image and data.num_levels and cfg.train.num_samples:
+        for t in cfg.train.sample_temperatures:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(EVAL_SEED)  # the same base draw at every temperature
+                samples = model.sample(cfg.train.num_samples, temperature=t)
+            path = fig_dir / sample_figure_name(t)
+            paths.append(save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}"))
+    elif data.num_dims == 2:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(EVAL_SEED)
             paths.append(save_density_2d(model, data.x_test, fig_dir / "samples.png", title))
     return paths
+
+
+def sample_figure_name(temperature: float) -> str:
+    """``samples.png`` at T = 1 (what every image run draws), ``samples_T0.7.png`` otherwise."""
+    return "samples.png" if temperature == 1.0 else f"samples_T{temperature:g}.png"
+
+
+class Polyak:
+    """An exponential moving average of the weights, evaluated instead of the raw weights
+    (Polyak averaging, as the Glow authors' code does). Buffers (running statistics, the
+    ActNorm flag) are copied, not averaged."""
+
+    def __init__(self, model: Flow, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+    @torch.no_grad()
+    def update(self, model: Flow) -> None:
+        self.averaged.update_parameters(model)
+        for mine, theirs in zip(self.averaged.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    @property
+    def model(self) -> Flow:
+        return self.averaged.module
 
 
 def train_and_evaluate(
@@ -178,6 +208,8 @@ def train_and_evaluate(
     device = _resolve_device(cfg.device)
 
     data = load_dataset(cfg.data.name, cfg.data.root)
+    if cfg.train.hflip and not data.is_image:
+        raise ConfigError(f"train.hflip needs image data; {cfg.data.name!r} is not")
     model = build_model(cfg.model, data).to(device)
     num_params = sum(p.numel() for p in model.parameters())
     tc = cfg.train
@@ -185,6 +217,7 @@ def train_and_evaluate(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(tc.schedule, step, tc.max_steps)
     )
+    polyak = Polyak(model, tc.polyak_decay) if tc.polyak_decay else None
     state = TrainState()
     last_ckpt, best_ckpt = workdir / "checkpoints" / "last.pt", workdir / "checkpoints" / "best.pt"
     run_id = None
@@ -199,6 +232,8 @@ def train_and_evaluate(
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if polyak is not None:
+            polyak.averaged.load_state_dict(ckpt["polyak"])
         state = TrainState(**ckpt["state"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt.get("cuda_rng") and torch.cuda.is_available():
@@ -223,7 +258,8 @@ def train_and_evaluate(
 
     def checkpoint() -> None:
         state.wall_time_s = wall_before + time.perf_counter() - wall_start
-        _save_checkpoint(last_ckpt, model, optimizer, scheduler, state, extra)
+        more = extra if polyak is None else {**extra, "polyak": polyak.averaged.state_dict()}
+        _save_checkpoint(last_ckpt, model, optimizer, scheduler, state, more)
 
     x_train = data.x_train
     model.train()
@@ -235,6 +271,9 @@ def train_and_evaluate(
         while state.step < tc.max_steps and not state.stopped_early:
             idx = batch_indices(len(x_train), tc.batch_size, cfg.seed, state.step)
             x = x_train[idx].to(device)
+            if tc.hflip:  # horizontal flips of a random half of the batch (RealNVP, Sec. 4.1)
+                flip = torch.rand(len(x), device=device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             loss = -model.log_prob(x).mean()  # nats per example
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -244,7 +283,7 @@ def train_and_evaluate(
                     "(train.schedule.warmup_steps)."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + model.penalty()).backward()
             max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if not torch.isfinite(grad_norm):
@@ -255,6 +294,8 @@ def train_and_evaluate(
                 )
             optimizer.step()
             scheduler.step()
+            if polyak is not None:
+                polyak.update(model)
             state.step += 1
             steps_this_call += 1
             window_examples += len(x)
@@ -276,7 +317,8 @@ def train_and_evaluate(
                 bar.set_postfix(nll=f"{loss.item():.3f}")
 
             if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
-                val = evaluate(model, data.x_val, tc.eval_batch_size, device)
+                eval_model = model if polyak is None else polyak.model
+                val = evaluate(eval_model, data.x_val, tc.eval_batch_size, device)
                 if not math.isfinite(val["nll"]):
                     raise NonFiniteLossError(
                         f"non-finite validation NLL at step {state.step}; last good checkpoint "
@@ -289,7 +331,7 @@ def train_and_evaluate(
                         val["nll"], state.step, 0,
                     )  # fmt: skip
                     best_ckpt.parent.mkdir(parents=True, exist_ok=True)
-                    torch.save(model.state_dict(), best_ckpt)
+                    torch.save(eval_model.state_dict(), best_ckpt)
                 else:
                     state.evals_since_best += 1
                     if tc.patience is not None and state.evals_since_best >= tc.patience:

@@ -128,3 +128,64 @@ def test_checksum_mismatch_stops_and_keeps_the_file(tiny_mnist, tmp_path):
 def test_offline_download_says_what_to_do(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="place it at"):
         prepare_mnist(tmp_path / "data", tmp_path / "dl", ["http://127.0.0.1:9/"])
+
+
+# --- CIFAR-10: a tiny tarball in the real "python version" format, written here ----------
+
+
+def write_cifar_tarball(path, n_per_batch: int = 3, n_test: int = 2, drop: str | None = None):
+    """Five training batches and a test batch: Python-2-style pickles (bytes keys) of
+    ``{b'data': (N, 3072) uint8, b'labels': [...]}`` inside ``cifar-10-batches-py/``."""
+    import io
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(1)
+    batches = {f"data_batch_{i}": n_per_batch for i in range(1, 6)} | {"test_batch": n_test}
+    images = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, n in batches.items():
+            if name == drop:
+                continue
+            data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+            images[name] = data
+            payload = pickle.dumps({b"data": data, b"labels": list(range(n))}, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return hashlib.md5(path.read_bytes()).hexdigest(), images
+
+
+def test_prepare_cifar10_downloads_verifies_and_splits(tmp_path):
+    from common.data.cifar10 import prepare_cifar10
+
+    tarball = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    tarball.parent.mkdir()
+    md5, images = write_cifar_tarball(tarball)
+    dead = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    prepare_cifar10(tmp_path / "data", tmp_path / "dl", [dead, tarball.as_uri()], md5, n_val=4)
+    ds = load_dataset("cifar10", tmp_path / "data")
+    assert ds.event_shape == (3, 32, 32) and ds.num_levels == 256 and ds.num_dims == 3072
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (11, 4, 2)
+    # Rows are 1024 red, then green, then blue values, each plane row-major.
+    first = images["data_batch_1"][0]
+    assert np.array_equal(ds.x_train[0, 1].numpy().ravel(), first[1024:2048])
+    assert np.array_equal(ds.x_test.numpy().reshape(2, -1), images["test_batch"])
+    assert np.array_equal(ds.x_val[-1].numpy().ravel(), images["data_batch_5"][-1])
+
+
+def test_cifar10_checksum_mismatch_and_wrong_archive(tmp_path):
+    from common.data.cifar10 import prepare_cifar10
+
+    tarball = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_tarball(tarball)
+    with pytest.raises(ChecksumError, match="does not match the published"):
+        prepare_cifar10(tmp_path / "data", tmp_path / "dl", [tarball.as_uri()], "0" * 32)
+    assert (tmp_path / "dl" / "cifar-10-python.tar.gz.corrupt").exists()
+
+    partial = tmp_path / "partial" / "cifar-10-python.tar.gz"
+    partial.parent.mkdir()
+    md5, _ = write_cifar_tarball(partial, drop="test_batch")
+    with pytest.raises(ValueError, match="no member 'cifar-10-batches-py/test_batch'"):
+        prepare_cifar10(tmp_path / "data", tmp_path / "dl2", [partial.as_uri()], md5, n_val=2)
+    assert not (tmp_path / "data" / "cifar10.npz").exists()

@@ -1,5 +1,5 @@
 """Datasets: what is offline (scikit-learn digits, FFJORD's 2-D toys) and what is downloaded
-(MNIST), behind one ``load_dataset(name, root)``.
+(MNIST, CIFAR-10), behind one ``load_dataset(name, root)``.
 
 Every dataset is stored under ``data/`` as a few deterministic ``.npz`` files (tracked by the
 top-level ``data.dvc``) with ``x_train``, ``x_val`` and ``x_test`` arrays. Images are uint8
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from common.data.errors import ChecksumError, DatasetNotFoundError
+from common.data.cifar10 import prepare_cifar10
 from common.data.mnist import prepare_mnist
 from common.data.npz import file_md5, load_npz, save_npz
 from common.data.toy import TOY_DATASETS, make_toy_splits
@@ -30,6 +31,8 @@ __all__ = [
     "build_offline",
     "dataset_path",
     "load_dataset",
+    "prepare_cifar10",
+    "prepare_mnist",
 ]
 
 @dataclass
@@ -87,7 +90,7 @@ def load_dataset(name: str, root: str | Path) -> Dataset:
     path = dataset_path(name, root)
     if not path.exists():
         how = (
-            "It needs a download: run `python -m common.data prepare --datasets mnist` on a "
+            f"It needs a download: run `python -m common.data prepare --datasets {name}` on a "
             "machine with internet access (or the pipeline at `--config profile=paper`)."
             if DATASETS[name].download
             else "Build the offline datasets with `python -m common.data prepare` (or run the "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.data import DATASETS, build_offline, prepare_mnist
+from common.data import DATASETS, build_offline, prepare_cifar10, prepare_mnist
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for path in build_offline(args.root):
         print(f"built {path}")
-    if "mnist" in args.datasets:
-        print(f"built {prepare_mnist(args.root, args.downloads)}")
+    downloaders = {"mnist": prepare_mnist, "cifar10": prepare_cifar10}
+    for name in args.datasets:
+        if name not in downloaders:
+            continue  # offline sets were built above
+        print(f"built {downloaders[name](args.root, args.downloads)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,377 @@
+"""Bijectors on images ``(B, C, H, W)``: the building blocks of the multi-scale flows of
+RealNVP (Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803) and Glow (Kingma & Dhariwal
+2018, arXiv:1807.03039).
+
+- :class:`Squeeze`: space to channels, ``(C, H, W) → (4C, H/2, W/2)``;
+- :func:`checkerboard_mask` and :class:`ImageCoupling` (checkerboard or channel masks; additive,
+  RealNVP-affine or Glow-affine);
+- :class:`ActNorm`, :class:`InvertibleConv1x1` (plain or LU), :class:`BatchNorm`;
+- :class:`Split`: the multi-scale factor-out, with a fixed or a learned conditional prior.
+
+Every layer follows the contract of :mod:`common.bijector` (data → latent, ``ldj`` of shape
+``(B,)`` summed over channels *and* positions) and passes ``common.testing.check_bijector``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.bijector import Bijector, InputOutsideDomainError, sum_except_batch
+from common.logdet import LUParametrization
+from common.nets import ZeroConv2d
+
+__all__ = [
+    "ActNorm",
+    "BatchNorm",
+    "ImageCoupling",
+    "InvertibleConv1x1",
+    "Split",
+    "Squeeze",
+    "checkerboard_mask",
+]
+
+
+def _per_channel(param: Tensor, like: Tensor) -> Tensor:
+    """View a ``(C,)`` parameter so it broadcasts over ``(B, C, ...)``."""
+    return param.view(1, -1, *([1] * (like.ndim - 2)))
+
+
+def _num_positions(x: Tensor) -> int:
+    """Spatial positions per channel: H·W for images, 1 for ``(B, C)``."""
+    return x[0, 0].numel()
+
+
+class Squeeze(Bijector):
+    """Space-to-channel reshaping (RealNVP Sec. 3.6, Fig. 3; Glow Sec. 3): every 2×2 block of
+    each channel becomes 4 channels, ``(B, C, H, W) → (B, 4C, H/2, W/2)``. Output channel
+    ``4c + 2i + j`` holds position ``(i, j)`` of the blocks of input channel ``c``. A
+    permutation of coordinates: ldj = 0."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+            raise InputOutsideDomainError(
+                f"Squeeze needs (B, C, H, W) with even H and W, got {tuple(x.shape)}"
+            )
+        B, C, H, W = x.shape
+        z = x.reshape(B, C, H // 2, 2, W // 2, 2).permute(0, 1, 3, 5, 2, 4)  # (B,C,2,2,H/2,W/2)
+        return z.reshape(B, 4 * C, H // 2, W // 2), x.new_zeros(B)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if z.ndim != 4 or z.shape[1] % 4:
+            raise InputOutsideDomainError(
+                f"Squeeze.inverse needs (B, 4C, H, W), got {tuple(z.shape)}"
+            )
+        B, C4, H, W = z.shape
+        x = z.reshape(B, C4 // 4, 2, 2, H, W).permute(0, 1, 4, 2, 5, 3)  # (B, C, H, 2, W, 2)
+        return x.reshape(B, C4 // 4, 2 * H, 2 * W), z.new_zeros(B)
+
+
+def checkerboard_mask(height: int, width: int, parity: int) -> Tensor:
+    """``(1, 1, H, W)`` boolean mask, True where (i + j) % 2 == parity: the positions a
+    checkerboard coupling leaves unchanged (RealNVP Sec. 3.4, Fig. 2)."""
+    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return ((i + j) % 2 == parity)[None, None]
+
+
+Transform = Literal["additive", "affine"]
+ScaleFn = Literal["exp_tanh", "sigmoid"]
+
+
+class ImageCoupling(Bijector):
+    """A coupling layer on images. The unchanged part x₁ conditions an elementwise map of
+    the rest, x₂; with (h_s, t) = NN(x₁):
+
+        additive (NICE; Glow ablation):       z₂ = x₂ + t                 ldj = 0
+        affine, ``exp_tanh`` (RealNVP Eq. 7):  z₂ = x₂ · exp(s) + t,  s = a_c · tanh(h_s)
+        affine, ``sigmoid`` (Glow code):       z₂ = (x₂ + t) · σ(h_s + 2)
+                                              ldj = Σ log scale over x₂'s coordinates
+
+    a_c is a learned per-channel bound on the log-scale (initialised to 1); σ(h + 2) ≈ 0.88
+    at init and never exceeds 1, which is why the Glow authors preferred it to exp.
+
+    ``mask='checkerboard'``: x₁ is the positions where (i + j) % 2 == ``parity``; NN sees the
+    masked image ``x ⊙ m`` (all C channels) and returns params for every position, of which
+    only the others are used. ``mask='channel'``: x₁ is the first half of the channels
+    (``parity`` 0) or the second (``parity`` 1); NN maps ``(B, C₁, H, W)`` to the params of
+    the other ``C − C₁`` channels (C₁ = ⌊C/2⌋).
+
+    ``conditioner`` output channels: ``n`` (additive) or ``2n`` (affine: scale then shift),
+    with n = C (checkerboard) or C − C₁ (channel). Shapes: ``(B, C, H, W) → (B, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        conditioner: nn.Module,
+        mask: Literal["checkerboard", "channel"] = "channel",
+        parity: int = 0,
+        transform: Transform = "affine",
+        scale_fn: ScaleFn = "exp_tanh",
+    ) -> None:
+        super().__init__()
+        if mask not in ("checkerboard", "channel") or parity not in (0, 1):
+            raise ValueError(f"mask must be checkerboard|channel and parity 0|1: {mask}, {parity}")
+        if transform not in ("additive", "affine") or scale_fn not in ("exp_tanh", "sigmoid"):
+            raise ValueError(f"unknown coupling transform {transform!r} / scale_fn {scale_fn!r}")
+        if mask == "channel" and num_channels < 2:
+            raise ValueError("a channel coupling needs at least 2 channels")
+        self.num_channels, self.mask, self.parity = num_channels, mask, parity
+        self.transform, self.scale_fn = transform, scale_fn
+        self.conditioner = conditioner
+        half, rest = num_channels // 2, num_channels - num_channels // 2  # |x₁|, |x₂|
+        self.split_sizes = (half, rest) if parity == 0 else (rest, half)
+        n_out = num_channels if mask == "checkerboard" else rest
+        if transform == "affine" and scale_fn == "exp_tanh":
+            self.log_scale_bound = nn.Parameter(torch.ones(n_out))  # a_c of RealNVP's s
+        else:
+            self.log_scale_bound = None
+
+    def _scale_shift(self, x1: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(log scale, shift) of x₂ given x₁ (log scale is None for additive couplings)."""
+        h = self.conditioner(x1)
+        if self.transform == "additive":
+            return None, h
+        h_s, t = h.chunk(2, dim=1)
+        if self.scale_fn == "sigmoid":
+            return F.logsigmoid(h_s + 2.0), t
+        return _per_channel(self.log_scale_bound, h_s) * torch.tanh(h_s), t
+
+    def _mask(self, x: Tensor) -> Tensor:
+        m = checkerboard_mask(x.shape[2], x.shape[3], self.parity).to(x.device)
+        return m.to(x.dtype)  # (1, 1, H, W): 1 on x₁
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.num_channels:
+            raise InputOutsideDomainError(
+                f"ImageCoupling({self.num_channels} channels) got shape {tuple(x.shape)}"
+            )
+
+    def _map(self, x2: Tensor, log_s: Tensor | None, t: Tensor, inverse: bool) -> Tensor:
+        if log_s is None:
+            return x2 - t if inverse else x2 + t
+        if self.scale_fn == "sigmoid":  # z = (x + t)·s
+            return x2 * (-log_s).exp() - t if inverse else (x2 + t) * log_s.exp()
+        return (x2 - t) * (-log_s).exp() if inverse else x2 * log_s.exp() + t  # z = x·s + t
+
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        if self.mask == "checkerboard":
+            m = self._mask(x)
+            log_s, t = self._scale_shift(x * m)
+            y = m * x + (1 - m) * self._map(x, log_s, t, inverse)
+            ldj = x.new_zeros(x.shape[0]) if log_s is None else sum_except_batch((1 - m) * log_s)
+        else:
+            a, b = x.split(self.split_sizes, dim=1)
+            x1, x2 = (a, b) if self.parity == 0 else (b, a)  # parity 1: x₁ is the second block
+            log_s, t = self._scale_shift(x1)
+            y2 = self._map(x2, log_s, t, inverse)
+            y = torch.cat([x1, y2] if self.parity == 0 else [y2, x1], dim=1)
+            ldj = x.new_zeros(x.shape[0]) if log_s is None else sum_except_batch(log_s)
+        return y, (-ldj if inverse else ldj)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(x, inverse=False)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(z, inverse=True)
+
+
+class ActNorm(Bijector):
+    """Activation normalisation (Glow Sec. 3.1): a per-channel affine map
+
+        z = (x + b) · exp(s),    ldj = H · W · Σ_c s_c,
+
+    initialised from data: on the first forward pass in training mode, b = −mean and
+    s = −log(std + 1e-6) of the batch per channel, so z starts with zero mean and unit
+    variance. The ``initialized`` flag is a buffer, so a reloaded model never re-initialises.
+    Shapes: ``(B, C, H, W)`` or ``(B, C)``.
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.log_scale = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        dims = [0, *range(2, x.ndim)]  # every dim but the channel
+        self.bias.copy_(-x.mean(dim=dims))
+        self.log_scale.copy_(-torch.log(x.std(dim=dims) + 1e-6))
+        self.initialized.fill_(True)
+
+    def _ldj(self, x: Tensor) -> Tensor:
+        return (_num_positions(x) * self.log_scale.sum()).expand(x.shape[0])
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and not self.initialized:
+            self._initialize(x)
+        z = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale, x).exp()
+        return z, self._ldj(x)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = z * _per_channel(-self.log_scale, z).exp() - _per_channel(self.bias, z)
+        return x, -self._ldj(z)
+
+
+class InvertibleConv1x1(Bijector):
+    """Invertible 1×1 convolution (Glow Sec. 3.2): z = W x at every position, a learned
+    generalisation of a channel permutation, with
+
+        ldj = H · W · log |det W|.
+
+    ``lu=False``: W is a free ``(C, C)`` matrix (O(C³) log-det); ``lu=True``: W = P·L·(U +
+    diag(s)) (:class:`~common.logdet.LUParametrization`), log |det W| = Σ log |s| in O(C).
+    Both start from a random rotation (QR of a Gaussian matrix from the global RNG, so a
+    seeded model build is reproducible). Shapes: ``(B, C, H, W)`` or ``(B, C)``.
+    """
+
+    def __init__(self, num_channels: int, lu: bool = True) -> None:
+        super().__init__()
+        rotation = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
+        self.num_channels = num_channels
+        if lu:
+            self.lu = LUParametrization(num_channels, weight=rotation)
+            self.weight = None
+        else:
+            self.lu = None
+            self.weight = nn.Parameter(rotation)
+
+    def _weight_and_logdet(self) -> tuple[Tensor, Tensor]:
+        if self.lu is not None:
+            return self.lu.weight(), self.lu.logabsdet()
+        return self.weight, torch.linalg.slogdet(self.weight).logabsdet
+
+    def _inverse_weight(self) -> Tensor:
+        if self.lu is None:
+            return torch.linalg.inv(self.weight)
+        L, U = self.lu.factors()  # W⁻¹ = U⁻¹ L⁻¹ Pᵀ by triangular solves
+        eye = torch.eye(self.num_channels, dtype=L.dtype, device=L.device)
+        L_inv = torch.linalg.solve_triangular(L, eye, upper=False, unitriangular=True)
+        U_inv = torch.linalg.solve_triangular(U, eye, upper=True)
+        return U_inv @ L_inv @ self.lu.P.T
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise InputOutsideDomainError(
+                f"InvertibleConv1x1({self.num_channels}) got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        W, logdet = self._weight_and_logdet()
+        z = torch.einsum("ij,bj...->bi...", W, x)  # (B, C, H, W)
+        return z, (_num_positions(x) * logdet).expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(z)
+        _, logdet = self._weight_and_logdet()
+        x = torch.einsum("ij,bj...->bi...", self._inverse_weight(), z)
+        return x, -(_num_positions(z) * logdet).expand(z.shape[0])
+
+
+class BatchNorm(Bijector):
+    """Batch normalisation as a bijector (RealNVP Sec. 3.7; MAF Sec. 3.4):
+
+        z = (x − μ) / √(σ² + ε) · exp(log γ) + β,
+        ldj = (positions) · Σ_c [log γ_c − ½ log(σ²_c + ε)],
+
+    per channel. In training mode μ, σ² are the batch's statistics (gradients flow through
+    them, the ldj treats them as constants for each example, as the papers do) and the
+    running averages in the buffers are updated; in eval mode, and always in the inverse, the
+    running averages are used, so the layer is an exact bijection there.
+    Shapes: ``(B, C, H, W)`` or ``(B, C)``.
+    """
+
+    def __init__(self, num_channels: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.log_gamma = nn.Parameter(torch.zeros(num_channels))
+        self.beta = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_mean", torch.zeros(num_channels))
+        self.register_buffer("running_var", torch.ones(num_channels))
+
+    def _ldj(self, var: Tensor, x: Tensor) -> Tensor:
+        per_channel = self.log_gamma - 0.5 * torch.log(var + self.eps)
+        return (_num_positions(x) * per_channel.sum()).expand(x.shape[0])
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training:
+            dims = [0, *range(2, x.ndim)]
+            mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - _per_channel(mean, x)) * _per_channel(torch.rsqrt(var + self.eps), x)
+        z = x_hat * _per_channel(self.log_gamma, x).exp() + _per_channel(self.beta, x)
+        return z, self._ldj(var, x)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mean, var = self.running_mean, self.running_var
+        x_hat = (z - _per_channel(self.beta, z)) * _per_channel(-self.log_gamma, z).exp()
+        x = x_hat * _per_channel(torch.sqrt(var + self.eps), z) + _per_channel(mean, z)
+        return x, -self._ldj(var, z)
+
+
+class Split(Bijector):
+    """Multi-scale factor-out (RealNVP Sec. 3.6; Glow Sec. 3, "split"). The channels are cut in
+    half, x = (x₁, x₂); x₁ continues through ``inner`` (the rest of the flow, which must end
+    in a flat ``(B, D₁)`` latent); x₂ is scored now under a Gaussian prior
+
+        ``prior='fixed'``   (RealNVP): x₂ ~ N(0, I)
+        ``prior='learned'`` (Glow):    x₂ ~ N(μ(x₁), diag σ(x₁)²), (μ, log σ) = ZeroConv(x₁)
+
+    Written as a bijection, ε = (x₂ − μ) · exp(−log σ) and ldj = ldj_inner − Σ log σ; the
+    output is ``z = cat(z₁, flatten(ε))``. With the standard-normal base over z,
+    log N(ε) − Σ log σ = log N(x₂; μ, σ²): the prior's score is counted through ldj, and
+    sampling the base at temperature T gives x₂ = μ + σ·T·ε, Glow's temperature sampling.
+
+    Shapes: ``(B, C, H, W) → (B, C·H·W)`` (C even).
+    """
+
+    def __init__(
+        self,
+        inner: Bijector,
+        in_shape: tuple[int, int, int],
+        prior: Literal["fixed", "learned"] = "learned",
+    ) -> None:
+        super().__init__()
+        C, H, W = in_shape
+        if C % 2:
+            raise ValueError(f"Split needs an even number of channels, got {C}")
+        if prior not in ("fixed", "learned"):
+            raise ValueError(f"prior must be 'fixed' or 'learned', got {prior!r}")
+        self.in_shape = tuple(in_shape)
+        self.half_shape = (C // 2, H, W)
+        self.inner = inner
+        self.prior_net = ZeroConv2d(C // 2, C) if prior == "learned" else None
+
+    def _prior(self, x1: Tensor) -> tuple[Tensor, Tensor]:
+        if self.prior_net is None:
+            return torch.zeros_like(x1), torch.zeros_like(x1)
+        mu, log_sigma = self.prior_net(x1).chunk(2, dim=1)  # (B, C/2, H, W) each
+        return mu, log_sigma
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise InputOutsideDomainError(f"Split expects (B, *{self.in_shape}), got {x.shape}")
+        x1, x2 = x.chunk(2, dim=1)
+        z1, ldj = self.inner(x1, context)
+        if z1.ndim != 2:
+            raise ValueError("the inner flow of a Split must end in a flat (B, D) latent")
+        mu, log_sigma = self._prior(x1)
+        eps = (x2 - mu) * (-log_sigma).exp()
+        return torch.cat([z1, eps.flatten(1)], dim=1), ldj - sum_except_batch(log_sigma)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        d = z.shape[1] // 2
+        x1, ldj = self.inner.inverse(z[:, :d], context)
+        mu, log_sigma = self._prior(x1)
+        x2 = mu + log_sigma.exp() * z[:, d:].reshape(-1, *self.half_shape)
+        return torch.cat([x1, x2], dim=1), ldj + sum_except_batch(log_sigma)

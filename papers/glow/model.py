@@ -1,0 +1,109 @@
+"""Glow: Generative Flow with Invertible 1×1 Convolutions (Kingma & Dhariwal, NeurIPS 2018;
+arXiv:1807.03039).
+
+One step of flow (Sec. 3, Fig. 2a) is
+
+    ActNorm → invertible 1×1 convolution → affine coupling,
+
+and the multi-scale architecture (Fig. 2b) has L levels: each squeezes, applies K steps, and
+(but the last) splits off half the channels, scored under a Gaussian whose mean and log-std
+come from a zero-initialised convolution of the kept half. The top latent has a learned
+Gaussian prior. The coupling network is conv3×3 → ReLU → conv1×1 → ReLU → zero-init conv3×3
+and the coupling scale is sigmoid(h + 2), as in the authors' code. Samples are drawn at a
+temperature T (the base N(0, T²I)).
+
+For the permutation ablation (Fig. 3) the 1×1 convolution can be replaced by a channel
+reversal (RealNVP's choice) or a fixed random shuffle, and the coupling can be additive.
+
+Preprocessing: uniform dequantization to [0, 1); the authors' extra shift by −0.5 is left to
+the first ActNorm, whose data-dependent init removes the mean anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from common.baselines import build_diagonal_gaussian
+from common.bijector import Bijector, Compose, Permutation, Reverse
+from common.config import ConfigError, DiagonalGaussianModel, StrictModel
+from common.data import Dataset
+from common.dequantize import UniformDequantization
+from common.distributions import StandardNormal
+from common.flow import Flow
+from common.image import ActNorm, ImageCoupling, InvertibleConv1x1, Split, Squeeze
+from common.layers import ElementwiseAffine, Reshape
+from common.nets import GlowConditioner
+
+__all__ = ["GlowModel", "build_glow", "build_model"]
+
+
+class GlowModel(StrictModel):
+    """Glow's hyper-parameters; the defaults are the paper's CIFAR-10 model (Sec. 5)."""
+
+    name: Literal["glow"] = "glow"
+    num_levels: int = Field(3, ge=1, description="L: levels (each starts with a squeeze)")
+    steps_per_level: int = Field(32, ge=1, description="K: steps of flow per level")
+    hidden_channels: int = Field(512, gt=0, description="width of the coupling network")
+    permutation: Literal["conv_lu", "conv", "shuffle", "reverse"] = Field(
+        "conv_lu", description="1×1 conv (LU or plain), fixed random shuffle, or reversal"
+    )
+    coupling: Literal["affine", "additive"] = "affine"
+    split_prior: Literal["learned", "fixed"] = Field(
+        "learned", description="prior of the factored-out halves: zero-init conv, or N(0, I)"
+    )
+    learn_top: bool = Field(True, description="learned mean and log-std of the top prior")
+
+
+def _permutation(num_channels: int, kind: str) -> Bijector:
+    if kind == "reverse":
+        return Reverse(num_channels, dim=1)
+    if kind == "shuffle":  # drawn from the global RNG: fixed by the run's seed
+        return Permutation(torch.randperm(num_channels), dim=1)
+    return InvertibleConv1x1(num_channels, lu=kind == "conv_lu")
+
+
+def _step(num_channels: int, cfg: GlowModel) -> list[Bijector]:
+    """ActNorm → permutation → coupling on ``num_channels`` channels."""
+    n_in, n_out = num_channels // 2, num_channels - num_channels // 2
+    net = GlowConditioner(n_in, n_out * (2 if cfg.coupling == "affine" else 1), cfg.hidden_channels)
+    return [
+        ActNorm(num_channels),
+        _permutation(num_channels, cfg.permutation),
+        ImageCoupling(num_channels, net, "channel", 0, cfg.coupling, "sigmoid"),
+    ]
+
+
+def _level(shape: tuple[int, int, int], level: int, cfg: GlowModel) -> Bijector:
+    """Levels ``level`` … L−1 for inputs of ``shape`` = (C, H, W); ends flat."""
+    C, H, W = shape
+    squeezed = (4 * C, H // 2, W // 2)
+    layers: list[Bijector] = [Squeeze()]
+    for _ in range(cfg.steps_per_level):
+        layers += _step(4 * C, cfg)
+    if level == cfg.num_levels - 1:
+        if cfg.learn_top:
+            layers.append(ElementwiseAffine(squeezed))  # learned top prior N(μ, σ²)
+        return Compose(*layers, Reshape(squeezed, (C * H * W,)))
+    inner = _level((2 * C, H // 2, W // 2), level + 1, cfg)
+    return Compose(*layers, Split(inner, squeezed, prior=cfg.split_prior))
+
+
+def build_glow(cfg: GlowModel, data: Dataset) -> Flow:
+    if not data.is_image or not data.num_levels:
+        raise ConfigError(f"Glow's multi-scale model needs image data, not {data.name!r}")
+    C, H, W = data.event_shape
+    factor = 2**cfg.num_levels
+    if H % factor or W % factor:
+        raise ConfigError(f"model.num_levels={cfg.num_levels} needs H and W divisible by "
+                          f"{factor}; {data.name} is {H}×{W}")  # fmt: skip
+    transform = _level((C, H, W), 0, cfg)
+    return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
+
+
+def build_model(cfg: GlowModel | DiagonalGaussianModel, data: Dataset) -> Flow:
+    if isinstance(cfg, DiagonalGaussianModel):
+        return build_diagonal_gaussian(cfg, data)
+    return build_glow(cfg, data)

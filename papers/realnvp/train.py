@@ -1,0 +1,22 @@
+"""``python -m papers.realnvp.train --config papers/realnvp/configs/cpu/<exp>.yaml [--set k=v]``"""
+
+from __future__ import annotations
+
+from common.cli import run_cli
+from common.config import DiagonalGaussianModel, RunConfig, model_union
+from papers.realnvp.model import RealNVPModel, build_model
+
+
+class RealNVPConfig(RunConfig):
+    model: model_union(RealNVPModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+
+
+CONFIG = RealNVPConfig  # the config class of this paper's experiments (found by the tests)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(RealNVPConfig, build_model, argv, paper="realnvp")
+
+
+if __name__ == "__main__":
+    main()
