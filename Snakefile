@@ -1,8 +1,9 @@
-# The reproduction pipeline. Targets: reproduce_<paper> (e.g. reproduce_nice), all.
+# The reproduction pipeline. Targets: reproduce_<paper> (e.g. reproduce_glow), all.
 #
-#   snakemake reproduce_nice                          # cpu profile (default), offline
-#   snakemake reproduce_nice --config profile=smoke   # seconds
-#   snakemake -n reproduce_nice --config profile=paper  # dry run of the paper-scale jobs
+#   snakemake reproduce_glow                          # cpu profile (default), offline
+#   snakemake reproduce_glow --config profile=smoke   # seconds
+#   snakemake -n reproduce_glow --config profile=paper  # dry run of the paper-scale jobs
+#   snakemake all                                     # every paper, and reports/README.md
 #
 # Rules live in pipelines/*.smk; the config is validated against pipelines/config.schema.yaml.
 
@@ -26,6 +27,7 @@ rule all:
     input:
         [run_outputs(paper) for paper in PAPERS],
         [report_path(paper) for paper in PAPERS],
+        index_path(),
 
 
 # A reproduce target asks for the runs as well as the report: in a fresh clone the committed

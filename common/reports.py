@@ -1,17 +1,27 @@
-"""Generate ``reports/<paper>.md`` from MLflow runs and ``papers/<paper>/paper.yaml``.
+"""Generate ``reports/<paper>.md`` from MLflow runs and ``papers/<paper>/paper.yaml``, and the
+cross-paper index ``reports/README.md``.
 
 Every number in a report is read back from the MLflow store (the run ids come from the
 ``metrics.json`` files the pipeline produced); paper numbers are read from ``paper.yaml`` and
 always labelled as the paper's. Each of our numbers carries the scale it was obtained at.
 
-    python -m common.reports --paper nice --profile cpu \
+    python -m common.reports paper --paper nice --profile cpu \
         --metrics runs/cpu/nice/*/seed*/metrics.json --out reports/nice.md
+    python -m common.reports index --profile cpu --papers nice realnvp glow \
+        --metrics runs/cpu/*/digits_*/seed*/metrics.json --out reports/README.md
+
+``paper.yaml`` keys: ``title``, ``citation``, ``url``, ``index_experiment`` (the run that stands
+for the paper in the index), ``claims`` (the paper's numbers: ``table``, ``dataset``, ``value``,
+``unit``, and either ``experiment`` + ``metric`` [+ ``negate``, ``higher_is_better``,
+``tolerance``, ``scale``] or ``why_not``), and optionally ``ablation`` (``title``,
+``paper_says``, ``groups``: name → experiments in the paper's order, best first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 from collections import defaultdict
@@ -146,6 +156,144 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _stat_text(stat: tuple[float, float, int] | None) -> str:
+    return "—" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
+
+
+def _separated(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
+    """Whether two seed means differ by more than 2 standard errors of their difference."""
+    se = math.sqrt(a[1] ** 2 / a[2] + b[1] ** 2 / b[2])
+    return abs(a[0] - b[0]) > 2 * se
+
+
+def _ablation_verdict(name: str, expected: list[Group], metric: str) -> str:
+    """Does the observed ranking (lower ``metric`` is better) match the paper's order?"""
+    stats = {g.experiment: g.stat(metric) for g in expected}
+    if any(v is None for v in stats.values()):
+        return f"{name}: some runs are missing, no verdict."
+    observed = sorted(stats, key=lambda e: stats[e][0])
+    order = " < ".join(f"`{e}` ({stats[e][0]:.3f})" for e in observed)
+    wanted = [g.experiment for g in expected]
+    pairs = list(zip(observed[:-1], observed[1:], strict=True))
+    unresolved = [f"`{a}` vs `{b}`" for a, b in pairs if not _separated(stats[a], stats[b])]
+    noise = ""
+    if unresolved:
+        noise = " Within seed noise (< 2 standard errors apart): " + ", ".join(unresolved) + "."
+    if observed == wanted:
+        strength = "**holds**" if not unresolved else "**holds in the means**"
+        return f"{name}: the paper's ordering {strength}: {order}.{noise}"
+    return f"{name}: the paper's ordering **does not hold**: observed {order}.{noise}"
+
+
+def _ablation_figure(client, groups: list[tuple[str, list[Group]]], path: Path, title: str):
+    """Validation bpd against training steps: mean over seeds (line) and min–max (band);
+    colour = position in the paper's order, line style = group."""
+    import numpy as np
+
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for gi, (_, members) in enumerate(groups):
+        for mi, g in enumerate(members):
+            curves = []
+            for run in g.runs:
+                hist = client.get_metric_history(run.info.run_id, "val/bpd")
+                curves.append({m.step: m.value for m in hist})
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            values = np.array([[c[t] for t in steps] for c in curves])  # (seeds, steps)
+            color = f"C{mi}"
+            ax.plot(steps, values.mean(0), styles[gi % 4], color=color, linewidth=1.4,
+                    label=f"{g.experiment} (n={len(curves)})")  # fmt: skip
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation bits / dim")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _ablation_section(client, meta: dict, groups: dict[str, Group], fig_dir: Path, rel: Path):
+    ab = meta["ablation"]
+    present = [(name, [groups[e] for e in exps if e in groups]) for name, exps in
+               ab["groups"].items()]  # fmt: skip
+    if not any(members for _, members in present):
+        return ["", f"## Ablation: {ab['title']}", "", "No ablation runs at this profile.", ""]
+    fig = _ablation_figure(client, present, fig_dir / "ablation_curves.png", ab["title"])
+    lines = [
+        "", f"## Ablation: {ab['title']}", "",
+        f"**The paper:** {ab['paper_says']}", "",
+        f"![ablation curves]({rel / fig.name})", "",
+        "Validation bits/dim during training (line: mean over seeds; band: min–max). Test "
+        "bits/dim of the best-validation checkpoint, mean ± std over seeds:", "",
+    ]  # fmt: skip
+    rows = []
+    for name, members in present:
+        for rank, g in enumerate(members, 1):
+            rows.append([name, str(rank), f"`{g.experiment}`", _stat_text(g.stat("test/bpd")),
+                         _stat_text(g.stat("best_val/bpd")), str(len(g.runs))])  # fmt: skip
+    lines += _table(["group", "paper's rank", "experiment", "test bpd", "val bpd", "seeds"], rows)
+    lines += ["", "**Verdict at this scale:**", ""]
+    lines += [f"- {_ablation_verdict(name, members, 'test/bpd')}" for name, members in present]
+    return [*lines, ""]
+
+
+def _sample_figures(client, g: Group, fig_dir: Path, rel: Path) -> list[str]:
+    """Sample grids of the first seed, one column per temperature."""
+    run = g.runs[0]
+    artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures"))
+    found = []
+    for path in artifacts:
+        name = Path(path).name
+        if name == "samples.png":
+            found.append((1.0, path))
+        elif name.startswith("samples_T") and name.endswith(".png"):
+            found.append((float(name[len("samples_T") : -len(".png")]), path))
+    if not found:
+        return []
+    cells = []
+    for t, path in sorted(found):
+        local = client.download_artifacts(run.info.run_id, path, str(fig_dir))
+        suffix = "" if t == 1.0 else f"_T{t:g}"
+        target = fig_dir / f"{g.experiment}_samples{suffix}.png"
+        shutil.move(local, target)
+        cells.append((t, f"![{g.experiment} samples at T = {t:g}]({rel / target.name})"))
+    seed = run.data.tags["seed"]
+    if len(cells) == 1:
+        return [f"`{g.experiment}` (seed {seed}): samples", "", cells[0][1], ""]
+    header = [f"T = {t:g}" for t, _ in cells]
+    return [f"`{g.experiment}` (seed {seed}): samples at base temperature T (N(0, T²I))", "",
+            *_table(header, [[c for _, c in cells]]), ""]  # fmt: skip
+
+
+def _compute_lines(groups: dict[str, Group]) -> list[str]:
+    runs = [r for g in groups.values() for r in g.runs]
+    total = sum(float(r.data.metrics.get("train/wall_time_s", 0.0)) for r in runs)
+    devices = sorted({r.data.tags.get("device", "?") for r in runs})
+    threads = sorted({r.data.params.get("threads", "?") for r in runs})
+    rows = []
+    for g in sorted(groups.values(), key=lambda g: g.experiment):
+        steps = [int(r.data.params.get("train.max_steps", 0)) for r in g.runs]
+        rows.append([f"`{g.experiment}`", f"{int(g.tag('num_params')):,}", f"{max(steps):,}",
+                     g.runs[0].data.params.get("train.batch_size", "?"),
+                     f"{_mean_wall(g):.1f} s", str(len(g.runs))])  # fmt: skip
+    return [
+        "## Compute used", "",
+        f"{len(runs)} training runs, {total / 60:.1f} min of training in all on "
+        f"{', '.join(devices)} ({'/'.join(threads)} torch thread(s) per run; wall time of the "
+        "training loop, without start-up and the final test evaluation).", "",
+        *_table(["experiment", "params", "max steps", "batch", "train time/seed", "seeds"], rows),
+        "",
+    ]  # fmt: skip
+
+
+def _reproduce_command(paper: str, profile: str) -> str:
+    return f"snakemake reproduce_{paper}" + (
+        "" if profile == "cpu" else f" --config profile={profile}"
+    )
+
+
 def generate_report(
     paper: str,
     profile: str,
@@ -157,7 +305,7 @@ def generate_report(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    meta = yaml.safe_load((REPO_ROOT / "papers" / paper / "paper.yaml").read_text())
+    meta = _paper_meta(paper)
     groups = _load_runs(tracking_uri, metrics_files)
     out = Path(out)
     fig_dir = out.parent / "figures" / paper
@@ -173,8 +321,8 @@ def generate_report(
         f"<{meta['url']}>",
         "",
         f"Generated by `python -m common.reports` from {sum(len(g.runs) for g in groups.values())}"
-        f" MLflow runs at the **`{profile}`** profile (`snakemake reproduce_{paper}"
-        f"{'' if profile == 'cpu' else f' --config profile={profile}'}`). Do not edit by hand.",
+        f" MLflow runs at the **`{profile}`** profile (`{_reproduce_command(paper, profile)}`)."
+        " Do not edit by hand.",
         "",
         "## The paper's numbers beside ours",
         "",
@@ -216,49 +364,169 @@ def generate_report(
          "device", "vs baseline"], rows,
     )  # fmt: skip
 
+    if "ablation" in meta:
+        lines += _ablation_section(client, meta, groups, fig_dir, rel)
+
     lines += ["", "## Figures", ""]
     for dataset, gs in sorted(by_dataset.items()):
         curves = _curves_figure(client, gs, dataset, fig_dir / f"{dataset}_curves.png")
         lines += [f"### {dataset}", "", f"![validation curves]({rel / curves.name})", ""]
         for g in gs:
-            run = g.runs[0]
-            artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-            if "figures/samples.png" not in artifacts:
-                continue
-            local = client.download_artifacts(run.info.run_id, "figures/samples.png", str(fig_dir))
-            target = fig_dir / f"{g.experiment}_samples.png"
-            shutil.move(local, target)
-            lines += [f"`{g.experiment}` (seed {run.data.tags['seed']}): samples",
-                      "", f"![{g.experiment} samples]({rel / target.name})", ""]  # fmt: skip
+            lines += _sample_figures(client, g, fig_dir, rel)
     shutil.rmtree(fig_dir / "figures", ignore_errors=True)
 
+    lines += _compute_lines(groups)
+    lines += _provenance_lines(groups.values())
+    out.write_text("\n".join(lines))
+    return out
+
+
+def _paper_meta(paper: str) -> dict:
+    return yaml.safe_load((REPO_ROOT / "papers" / paper / "paper.yaml").read_text())
+
+
+def _provenance_lines(groups) -> list[str]:
+    groups = sorted(groups, key=lambda g: (g.runs[0].data.tags.get("paper", ""), g.experiment))
     commits = sorted({(r.data.tags.get("git_commit", "?")[:10], r.data.tags.get("git_dirty"))
-                      for g in groups.values() for r in g.runs})  # fmt: skip
-    data_hashes = sorted({f"{g.dataset}: {g.tag('data_md5')}" for g in groups.values()})
-    lines += [
+                      for g in groups for r in g.runs})  # fmt: skip
+    data_hashes = sorted({f"{g.dataset}: {g.tag('data_md5')}" for g in groups})
+    return [
         "## Provenance",
         "",
         "- code: " + ", ".join(f"`{c}`{' (dirty)' if d == 'True' else ''}" for c, d in commits),
         "- data (MD5 of the `.npz` each run read): " + "; ".join(f"`{h}`" for h in data_hashes),
         "- MLflow runs: " + ", ".join(
             f"`{g.experiment}`: " + " ".join(f"`{r.info.run_id[:8]}`" for r in g.runs)
-            for g in sorted(groups.values(), key=lambda g: g.experiment)
+            for g in groups
         ),
         "",
     ]  # fmt: skip
-    out.write_text("\n".join(lines))
+
+
+def generate_index(
+    profile: str,
+    papers: list[str],
+    metrics_files: list[Path],
+    out: Path,
+    tracking_uri: str,
+    baseline: tuple[str, str] = ("nice", "digits_gaussian"),
+) -> Path:
+    """``reports/README.md``: every paper's report and headline claim, and one table of the
+    papers' ``index_experiment`` runs side by side (with the baseline), budgets stated."""
+    payloads = [json.loads(Path(f).read_text()) for f in metrics_files]
+    files_by_paper: dict[str, list[Path]] = defaultdict(list)
+    best_steps: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for path, payload in zip(metrics_files, payloads, strict=True):
+        files_by_paper[payload["paper"]].append(Path(path))
+        best_steps[payload["paper"], payload["experiment"]].append(payload["best_step"])
+    groups = {p: _load_runs(tracking_uri, fs) for p, fs in files_by_paper.items()}
+    out = Path(out)
+    report_dir = out.parent
+    suffix = "" if profile == "cpu" else f" --config profile={profile}"
+
+    lines = [
+        "# Reproduction reports",
+        "",
+        "The index of this repository's reports: one per paper, generated from MLflow runs by "
+        f"`python -m common.reports`. This page is generated at the **`{profile}`** profile by "
+        f"`snakemake all{suffix}`. Do not edit by hand.",
+        "",
+        "## Papers",
+        "",
+    ]
+    rows = []
+    for paper in papers:
+        meta = _paper_meta(paper)
+        claim = next((c for c in meta["claims"] if c.get("experiment")), meta["claims"][0])
+        report = report_dir / f"{paper}.md"
+        link = f"[{paper}.md]({paper}.md)" if report.exists() else "not generated yet"
+        rows.append([meta["title"], link, f"`{_reproduce_command(paper, profile)}`",
+                     f"{claim['table']}: {claim['dataset']} {claim['value']} {claim['unit']} "
+                     f"(the paper's, at `{claim.get('scale', 'paper')}` scale)"])  # fmt: skip
+    lines += _table(["paper", "report", "reproduce", "headline number (paper)"], rows)
+
+    entries: list[tuple[str, str, Group]] = []  # (label, paper, runs)
+    for paper in papers:
+        exp = _paper_meta(paper).get("index_experiment")
+        if exp and exp in groups.get(paper, {}):
+            entries.append((paper, paper, groups[paper][exp]))
+    base_paper, base_exp = baseline
+    if base_exp in groups.get(base_paper, {}):
+        entries.append(("diagonal Gaussian", base_paper, groups[base_paper][base_exp]))
+    entries.sort(key=lambda e: e[2].stat("test/bpd")[0])
+    if entries:
+        datasets = sorted({g.dataset for _, _, g in entries})
+        budgets = {(g.runs[0].data.params.get("train.max_steps"),
+                    g.runs[0].data.params.get("train.batch_size")) for _, _, g in entries
+                   if g.model != "diagonal_gaussian"}  # fmt: skip
+        budget = (f"at most {int(next(iter(budgets))[0]):,} steps of batch "
+                  f"{next(iter(budgets))[1]} for every flow" if len(budgets) == 1 else
+                  "**budgets differ** (see the max steps column)")  # fmt: skip
+        lines += [
+            "",
+            f"## The papers side by side on {', '.join(datasets)} (scale: `{profile}`)",
+            "",
+            f"Equal training budget: {budget}, Adam, validation every few steps, and the "
+            "test set scored by the best-validation checkpoint; mean ± std over seeds. "
+            "A flow that stops early (validation NLL no longer improving) says so in the best "
+            "step column. These are our numbers at this scale, not the papers'.",
+            "",
+        ]
+        rows = []
+        for label, paper, g in entries:
+            best = best_steps[paper, g.experiment]
+            rows.append([label, f"`{g.experiment}`", fmt(g.stat("test/bpd")),
+                         fmt(g.stat("test/nll"), 2), f"{int(g.tag('num_params')):,}",
+                         f"{int(g.runs[0].data.params.get('train.max_steps', 0)):,}",
+                         ", ".join(map(str, best)), f"{_mean_wall(g):.0f} s"])  # fmt: skip
+        lines += _table(["paper", "experiment", "test bpd", "test NLL (nats)", "params",
+                         "max steps", "best step per seed", "train time/seed"], rows)  # fmt: skip
+        fig = _index_figure(entries, report_dir / "figures" / "index_bpd.png")
+        lines += ["", f"![test bpd by paper]({fig.relative_to(report_dir)})", ""]
+        lines += _provenance_lines([g for _, _, g in entries])
+    out.write_text("\n".join(lines) + "\n")
     return out
 
 
+def _index_figure(entries: list[tuple[str, str, Group]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(entries)))
+    for i, (_, _, g) in enumerate(entries):
+        values = g.values("test/bpd")
+        ax.barh(i, statistics.fmean(values), color=f"C{i}", alpha=0.6)
+        ax.plot(values, [i] * len(values), "k.", markersize=5)
+    ax.set_yticks(range(len(entries)), [label for label, _, _ in entries])
+    ax.invert_yaxis()
+    ax.set_xlabel("test bits / dim (bars: mean, dots: seeds; lower is better)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m common.reports", description=__doc__)
-    parser.add_argument("--paper", required=True)
-    parser.add_argument("--profile", required=True, choices=["smoke", "cpu", "paper"])
-    parser.add_argument("--metrics", nargs="+", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tracking-uri", default=default_tracking_uri())
+    parser = argparse.ArgumentParser(
+        prog="python -m common.reports",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("paper", help="reports/<paper>.md")
+    one.add_argument("--paper", required=True)
+    index = sub.add_parser("index", help="reports/README.md, the cross-paper index")
+    index.add_argument("--papers", nargs="+", required=True)
+    for p in (one, index):
+        p.add_argument("--profile", required=True, choices=["smoke", "cpu", "paper"])
+        p.add_argument("--metrics", nargs="*", type=Path, default=[])
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--tracking-uri", default=default_tracking_uri())
     args = parser.parse_args(argv)
-    path = generate_report(args.paper, args.profile, args.metrics, args.out, args.tracking_uri)
+    if args.command == "paper":
+        path = generate_report(args.paper, args.profile, args.metrics, args.out,
+                               args.tracking_uri)  # fmt: skip
+    else:
+        path = generate_index(args.profile, args.papers, args.metrics, args.out,
+                              args.tracking_uri)  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -65,3 +65,24 @@ def run_outputs(paper, profile=PROFILE):
 def report_path(paper, profile=PROFILE):
     """The committed report is the cpu one; other profiles write under reports/<profile>/."""
     return f"reports/{paper}.md" if profile == "cpu" else f"reports/{profile}/{paper}.md"
+
+
+def index_experiments(profile=PROFILE):
+    """(paper, experiment) pairs of the cross-paper table: each paper's ``index_experiment``
+    (papers/<paper>/paper.yaml) and the baseline of pipelines/config.yaml, where they exist at
+    this profile."""
+    baseline = config["index_baseline"]
+    pairs = [(p, yaml.safe_load((ROOT / "papers" / p / "paper.yaml").read_text()).get(
+        "index_experiment")) for p in PAPERS]
+    pairs.append((baseline["paper"], baseline["experiment"]))
+    return [(p, e) for p, e in pairs if e and p in PAPERS and e in experiments(p, profile)]
+
+
+def index_run_outputs(profile=PROFILE):
+    return [
+        f"{run_dir(profile, p, e, s)}/metrics.json" for p, e in index_experiments(profile) for s in SEEDS
+    ]
+
+
+def index_path(profile=PROFILE):
+    return "reports/README.md" if profile == "cpu" else f"reports/{profile}/README.md"

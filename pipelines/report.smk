@@ -1,4 +1,5 @@
-# reports/<paper>.md from the MLflow runs of this profile's jobs and papers/<paper>/paper.yaml.
+# reports/<paper>.md from the MLflow runs of this profile's jobs and papers/<paper>/paper.yaml,
+# and the cross-paper index reports/README.md from every paper's index experiment.
 
 
 rule report:
@@ -12,6 +13,23 @@ rule report:
         f"runs/logs/report_{PROFILE}_{{paper}}.log",
     localrule: True
     shell:
-        "{PY} -m common.reports --paper {wildcards.paper} --profile {PROFILE}"
+        "{PY} -m common.reports paper --paper {wildcards.paper} --profile {PROFILE}"
         " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.report}"
+        " > {log} 2>&1"
+
+
+rule report_index:
+    input:
+        metrics=index_run_outputs(),
+        reports=[report_path(p) for p in PAPERS],
+        claims=[f"papers/{p}/paper.yaml" for p in PAPERS],
+        store=ancient(MLFLOW_DB),
+    output:
+        index=index_path(),
+    log:
+        f"runs/logs/report_{PROFILE}_index.log",
+    localrule: True
+    shell:
+        "{PY} -m common.reports index --papers {PAPERS} --profile {PROFILE}"
+        " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.index}"
         " > {log} 2>&1"
