@@ -230,12 +230,19 @@ def _ablation_section(client, meta: dict, groups: dict[str, Group], fig_dir: Pat
     ]  # fmt: skip
     rows = []
     for name, members in present:
-        for rank, g in enumerate(members, 1):
+        for g in members:
+            rank = ab["groups"][name].index(g.experiment) + 1
             rows.append([name, str(rank), f"`{g.experiment}`", _stat_text(g.stat("test/bpd")),
                          _stat_text(g.stat("best_val/bpd")), str(len(g.runs))])  # fmt: skip
     lines += _table(["group", "paper's rank", "experiment", "test bpd", "val bpd", "seeds"], rows)
     lines += ["", "**Verdict at this scale:**", ""]
-    lines += [f"- {_ablation_verdict(name, members, 'test/bpd')}" for name, members in present]
+    for name, members in present:
+        missing = [e for e in ab["groups"][name] if e not in groups]
+        if missing:
+            lines.append(f"- {name}: not every variant ran at this profile (missing: "
+                         f"{', '.join(f'`{e}`' for e in missing)}), no verdict.")  # fmt: skip
+        else:
+            lines.append(f"- {_ablation_verdict(name, members, 'test/bpd')}")
     return [*lines, ""]
 
 

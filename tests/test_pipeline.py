@@ -46,16 +46,36 @@ def clone(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_reproduce_nice_smoke_end_to_end(clone):
-    result = snakemake(clone, "reproduce_nice", "--config", "profile=smoke", "--cores", "2")
+def test_all_papers_smoke_end_to_end(clone):
+    result = snakemake(clone, "all", "--config", "profile=smoke", "--cores", "2")
     assert result.returncode == 0, result.stderr[-4000:]
 
     report = (clone / "reports/smoke/nice.md").read_text()
     assert "**`smoke`** profile" in report and "`digits_nice`" in report
     assert (clone / "reports/smoke/figures/nice/digits_nice_samples.png").exists()
-    assert not (clone / "reports/nice.md").exists() or (
-        (clone / "reports/nice.md").read_bytes() == (REPO / "reports/nice.md").read_bytes()
-    ), "a smoke run must not overwrite the committed cpu report"
+    for committed in ("nice.md", "glow.md", "realnvp.md", "README.md"):
+        assert not (clone / "reports" / committed).exists() or (
+            (clone / "reports" / committed).read_bytes()
+            == (REPO / "reports" / committed).read_bytes()
+        ), "a smoke run must not overwrite the committed cpu reports"
+
+    glow = (clone / "reports/smoke/glow.md").read_text()
+    assert "## Ablation: Figure 3" in glow and "no verdict" in glow  # 2 of 6 variants at smoke
+    assert (clone / "reports/smoke/figures/glow/ablation_curves.png").exists()
+    for t in ("_T0.5", "_T0.7", ""):  # sample grids at three temperatures
+        assert (clone / f"reports/smoke/figures/glow/digits_conv_affine_samples{t}.png").exists()
+    assert "| T = 0.5 | T = 0.7 | T = 1 |" in glow and "## Compute used" in glow
+
+    index = (clone / "reports/smoke/README.md").read_text()
+    assert "[glow.md](glow.md)" in index and "[realnvp.md](realnvp.md)" in index
+    for row in (
+        "| nice | `digits_nice`",
+        "| realnvp | `digits_realnvp`",
+        "| glow | `digits_conv_affine`",
+        "| diagonal Gaussian | `digits_gaussian`",
+    ):
+        assert row in index, row
+    assert "at most 30 steps of batch 64 for every flow" in index
 
     from mlflow.tracking import MlflowClient
 
@@ -69,6 +89,8 @@ def test_reproduce_nice_smoke_end_to_end(clone):
     assert all(r.info.status == "FINISHED" and "test/bpd" in r.data.metrics for r in runs)
     for run in runs:  # every run id in the report's provenance is a real MLflow run
         assert run.info.run_id[:8] in report
+    glow_runs = client.search_runs([client.get_experiment_by_name("glow").experiment_id])
+    assert len(glow_runs) == 3 and all(r.info.run_id[:8] in glow for r in glow_runs)
 
     # The data rule rebuilt data/ offline; the rebuild reproduces the committed DVC hash.
     if (REPO / "data.dvc").exists():
@@ -77,18 +99,22 @@ def test_reproduce_nice_smoke_end_to_end(clone):
     assert any((clone / ".dvc-storage").rglob("*")), "dvc push left the local remote empty"
 
     # Nothing is out of date afterwards (the MLflow store is an ancient() input).
-    again = snakemake(clone, "-n", "reproduce_nice", "--config", "profile=smoke")
+    again = snakemake(clone, "-n", "all", "--config", "profile=smoke")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_paper_profile_dry_run_lists_gpu_jobs(clone):
-    result = snakemake(clone, "-n", "reproduce_nice", "--config", "profile=paper")
+@pytest.mark.parametrize(
+    ("paper", "experiment"),
+    [("nice", "mnist_nice"), ("realnvp", "cifar10_realnvp"), ("glow", "cifar10_glow")],
+)
+def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
+    result = snakemake(clone, "-n", f"reproduce_{paper}", "--config", "profile=paper")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    assert "runs/paper/nice/mnist_nice/seed0/metrics.json" in out
-    job = out[out.index("wildcards: profile=paper, paper=nice, experiment=mnist_nice") :]
+    assert f"runs/paper/{paper}/{experiment}/seed0/metrics.json" in out
+    job = out[out.index(f"wildcards: profile=paper, paper={paper}, experiment={experiment}") :]
     assert "gpu=1" in job.split("Shell command")[0]
-    assert "--datasets mnist" in out
+    assert "--datasets cifar10 mnist" in out  # the data rule downloads what the profile needs
 
 
 def test_bad_pipeline_config_is_rejected(clone):

@@ -117,3 +117,58 @@ def test_learning_rate_schedules():
     assert lr_factor(warm, 110, 110) == pytest.approx(0.1)
     assert lr_factor(ScheduleConfig(name="exponential", gamma=0.5), 3, 10) == 0.125
     assert lr_factor(ScheduleConfig(), 7, 10) == 1.0
+
+
+def glow_cfg(data_root, **train):
+    from papers.glow.train import GlowConfig
+
+    train = {"batch_size": 32, "max_steps": 20, "eval_every": 5, "log_every": 5,
+             "checkpoint_every": 10, "num_samples": 4} | train  # fmt: skip
+    return GlowConfig.model_validate({
+        "paper": "glow", "experiment": "digits_test", "scale": "smoke",
+        "data": {"name": "digits", "root": str(data_root)},
+        "model": {"name": "glow", "num_levels": 2, "steps_per_level": 1, "hidden_channels": 8},
+        "train": train,
+    })  # fmt: skip
+
+
+def test_resume_with_polyak_averaging_and_flips_is_exact(data_root, tmp_path):
+    """Polyak averaging (the Glow authors' option) and random flips resume exactly too; the
+    averaged weights, not the raw ones, are what is evaluated and kept as best.pt."""
+    from papers.glow.model import build_model as build_glow_model
+
+    cfg = glow_cfg(data_root, polyak_decay=0.9, hflip=True, sample_temperatures=[0.5, 1.0])
+    full = train_and_evaluate(cfg, build_glow_model, tmp_path / "a", progress=False)
+    train_and_evaluate(cfg, build_glow_model, tmp_path / "b", stop_after=7, progress=False)
+    resumed = train_and_evaluate(cfg, build_glow_model, tmp_path / "b", progress=False)
+    assert resumed["metrics"]["test/nll"] == full["metrics"]["test/nll"]
+    last = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)
+    best = torch.load(tmp_path / "a/checkpoints/best.pt", weights_only=True)
+    raw, averaged = last["model"], last["polyak"]
+    key = next(k for k in raw if k.endswith("log_scale"))
+    assert not torch.equal(raw[key], averaged[f"module.{key}"])  # the average lags the raw
+    if full["best_step"] == full["steps"]:
+        assert torch.equal(best[key], averaged[f"module.{key}"])
+    figures = {p.name for p in (tmp_path / "a/figures").iterdir()}
+    assert {"samples.png", "samples_T0.5.png", "curves.png"} <= figures
+
+
+def test_flips_need_images(tmp_path, data_root):
+    cfg = make_cfg(data_root, hflip=True).model_copy(
+        update={"data": make_cfg(data_root).data.model_copy(update={"name": "moons"})})  # fmt: skip
+    with pytest.raises(ConfigError, match="hflip needs image data"):
+        train_and_evaluate(cfg, build_model, tmp_path, progress=False)
+
+
+def test_penalty_enters_the_loss(data_root):
+    """RealNVP's L2 on weight-norm scales is added to the NLL the optimiser sees."""
+    from common.data import load_dataset
+    from papers.realnvp.model import RealNVPModel, build_realnvp
+
+    data = load_dataset("digits", data_root)
+    torch.manual_seed(0)
+    flow = build_realnvp(RealNVPModel(num_blocks=1, hidden_channels=4, scale_l2=0.1), data)
+    scales = [g for m in flow.modules() if hasattr(m, "weight_scales") for g in m.weight_scales()]
+    assert torch.allclose(flow.penalty(), 0.1 * sum(g.pow(2).sum() for g in scales))
+    no_penalty = build_realnvp(RealNVPModel(num_blocks=1, hidden_channels=4, scale_l2=0.0), data)
+    assert no_penalty.penalty().item() == 0.0
