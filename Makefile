@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PAPER  ?= nice
+PAPER  ?= glow
+TARGET ?= reproduce_$(PAPER)
 CORES  ?= 2
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -20,9 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-## Run the main job (NICE at the cpu profile, offline) and regenerate reports/$(PAPER).md
+## Run the main job (Glow at the cpu profile, offline) and regenerate reports/$(PAPER).md.
+## Other papers: make reproduce PAPER=nice; everything and reports/README.md: make reproduce TARGET=all
 reproduce: setup
-	$(BIN)/snakemake reproduce_$(PAPER) --cores $(CORES) --workflow-profile pipelines/profiles/local
+	$(BIN)/snakemake $(TARGET) --cores $(CORES) --workflow-profile pipelines/profiles/local
 
 ## Lint, format check and the whole test suite
 test: setup
