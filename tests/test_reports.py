@@ -1,0 +1,41 @@
+"""The report's judgements: the ablation verdict and what counts as within seed noise."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from common.reports import Group, _ablation_verdict, _separated
+
+
+def group(name: str, values: list[float]) -> Group:
+    runs = [SimpleNamespace(data=SimpleNamespace(metrics={"test/bpd": v})) for v in values]
+    return Group(name, "digits", "glow", runs)
+
+
+def test_separation_is_two_standard_errors_of_the_difference():
+    a = (2.00, 0.03, 3)
+    assert _separated(a, (2.10, 0.03, 3))  # 0.10 > 2·√(2·0.03²/3) ≈ 0.049
+    assert not _separated(a, (2.04, 0.03, 3))
+
+
+def test_verdict_holds_when_the_paper_order_is_observed_and_resolved():
+    expected = [group("conv", [2.30, 2.31, 2.29]), group("shuffle", [2.40, 2.41, 2.39]),
+                group("reverse", [2.50, 2.52, 2.49])]  # fmt: skip
+    verdict = _ablation_verdict("affine", expected, "test/bpd")
+    assert "**holds**" in verdict and "noise" not in verdict
+    assert verdict.index("`conv`") < verdict.index("`shuffle`") < verdict.index("`reverse`")
+
+
+def test_verdict_holds_only_in_the_means_when_gaps_are_within_noise():
+    expected = [group("conv", [2.30, 2.40, 2.20]), group("shuffle", [2.31, 2.41, 2.21]),
+                group("reverse", [2.60, 2.61, 2.59])]  # fmt: skip
+    verdict = _ablation_verdict("affine", expected, "test/bpd")
+    assert "**holds in the means**" in verdict and "`conv` vs `shuffle`" in verdict
+
+
+def test_verdict_does_not_hold_when_the_order_differs():
+    expected = [group("conv", [2.50, 2.51, 2.49]), group("shuffle", [2.30, 2.31, 2.29]),
+                group("reverse", [2.40, 2.41, 2.39])]  # fmt: skip
+    verdict = _ablation_verdict("additive", expected, "test/bpd")
+    assert "**does not hold**" in verdict
+    assert verdict.index("`shuffle`") < verdict.index("`reverse`") < verdict.index("`conv`")
