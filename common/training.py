@@ -5,6 +5,11 @@ the configured optimizer and schedule, validates every ``eval_every`` steps (kee
 model), checkpoints every ``checkpoint_every`` steps, stops early on a plateau, and finally
 evaluates the best-validation model on the test set.
 
+The loss is the mean NLL in nats per example plus ``model.penalty()`` (a regulariser such as
+RealNVP's L2 on weight-norm scales; 0 for most models). Options: random horizontal flips of
+training images (``train.hflip``), and Polyak averaging (``train.polyak_decay``: an
+exponential moving average of the weights is what gets validated, kept and tested).
+
 Determinism: batch order is a function of (seed, epoch) alone, and every random draw of
 training (dequantization noise) comes from the global torch RNG whose state is checkpointed;
 evaluation runs under a forked RNG with a fixed seed. So a run resumed from a checkpoint ends

@@ -39,3 +39,10 @@ def test_verdict_does_not_hold_when_the_order_differs():
     verdict = _ablation_verdict("additive", expected, "test/bpd")
     assert "**does not hold**" in verdict
     assert verdict.index("`shuffle`") < verdict.index("`reverse`") < verdict.index("`conv`")
+
+
+def test_verdict_says_when_the_papers_best_is_still_best():
+    expected = [group("conv", [2.30, 2.31, 2.29]), group("shuffle", [2.50, 2.51, 2.49]),
+                group("reverse", [2.40, 2.41, 2.39])]  # fmt: skip
+    verdict = _ablation_verdict("affine", expected, "test/bpd")
+    assert "**does not hold**" in verdict and "`conv`, is best here too" in verdict
