@@ -179,6 +179,9 @@ def _ablation_verdict(name: str, expected: list[Group], metric: str) -> str:
     noise = ""
     if unresolved:
         noise = " Within seed noise (< 2 standard errors apart): " + ", ".join(unresolved) + "."
+    if len(unresolved) == len(pairs):
+        return (f"{name}: **not resolved at this scale**: every neighbouring pair is within seed "
+                f"noise (< 2 standard errors apart); observed means {order}.")  # fmt: skip
     if observed == wanted:
         strength = "**holds**" if not unresolved else "**holds in the means**"
         return f"{name}: the paper's ordering {strength}: {order}.{noise}"

@@ -26,6 +26,13 @@ def test_verdict_holds_when_the_paper_order_is_observed_and_resolved():
     assert verdict.index("`conv`") < verdict.index("`shuffle`") < verdict.index("`reverse`")
 
 
+def test_verdict_is_unresolved_when_every_gap_is_within_noise():
+    expected = [group("conv", [2.50, 2.60, 2.40]), group("shuffle", [2.30, 2.50, 2.40]),
+                group("reverse", [2.45, 2.55, 2.35])]  # fmt: skip
+    verdict = _ablation_verdict("additive", expected, "test/bpd")
+    assert "**not resolved at this scale**" in verdict and "holds" not in verdict
+
+
 def test_verdict_holds_only_in_the_means_when_gaps_are_within_noise():
     expected = [group("conv", [2.30, 2.40, 2.20]), group("shuffle", [2.31, 2.41, 2.21]),
                 group("reverse", [2.60, 2.61, 2.59])]  # fmt: skip
