@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from common.bijector import Compose
 from common.config import DiagonalGaussianModel
 from common.data import Dataset
@@ -10,7 +13,7 @@ from common.distributions import StandardNormal
 from common.flow import Flow
 from common.layers import ElementwiseAffine, Reshape
 
-__all__ = ["build_diagonal_gaussian", "data_preprocessing"]
+__all__ = ["build_diagonal_gaussian", "data_preprocessing", "with_baseline"]
 
 
 def data_preprocessing(data: Dataset) -> tuple[UniformDequantization | None, list]:
@@ -28,3 +31,15 @@ def build_diagonal_gaussian(cfg: DiagonalGaussianModel, data: Dataset) -> Flow:
         layers.append(Logit(cfg.logit_alpha))
     layers.append(ElementwiseAffine(data.num_dims, shift=True))
     return Flow(Compose(*layers), StandardNormal(data.num_dims), dequant)
+
+
+def with_baseline(build: Callable[[Any, Dataset], Flow]) -> Callable[[Any, Dataset], Flow]:
+    """A paper's ``build_model(cfg, data)``: its own ``build`` for its model configs, and
+    :func:`build_diagonal_gaussian` for the baseline every paper runs beside them."""
+
+    def build_model(cfg: Any, data: Dataset) -> Flow:
+        if isinstance(cfg, DiagonalGaussianModel):
+            return build_diagonal_gaussian(cfg, data)
+        return build(cfg, data)
+
+    return build_model

@@ -26,9 +26,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from common.baselines import build_diagonal_gaussian
+from common.baselines import with_baseline
 from common.bijector import Bijector, Compose, Permutation, Reverse
-from common.config import ConfigError, DiagonalGaussianModel, StrictModel
+from common.config import ConfigError, StrictModel
 from common.data import Dataset
 from common.dequantize import UniformDequantization
 from common.distributions import StandardNormal
@@ -103,7 +103,4 @@ def build_glow(cfg: GlowModel, data: Dataset) -> Flow:
     return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
 
 
-def build_model(cfg: GlowModel | DiagonalGaussianModel, data: Dataset) -> Flow:
-    if isinstance(cfg, DiagonalGaussianModel):
-        return build_diagonal_gaussian(cfg, data)
-    return build_glow(cfg, data)
+build_model = with_baseline(build_glow)  # this paper's models and the diagonal-Gaussian baseline
