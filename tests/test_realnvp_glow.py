@@ -211,3 +211,19 @@ def test_whole_model_float32_round_trip_on_real_digits(name, data_root):
     assert z.shape == (64, 64) and torch.isfinite(z).all()
     assert (x_rec - x).abs().max().item() < 1e-4
     assert ((ldj + inv_ldj).abs() / ldj.abs().clamp_min(1)).max().item() < 1e-5
+
+
+def test_realnvp_on_vectors_passes_and_trains(data_root):
+    from papers.realnvp.model import RealNVPMLPModel, build_realnvp_mlp
+
+    data = load_dataset("moons", data_root)
+    torch.manual_seed(0)
+    flow = build_realnvp_mlp(RealNVPMLPModel(num_couplings=4, hidden_features=8), data)
+    check_bijector(flow.transform, torch.randn(5, 2))
+    for layer in flow.transform.layers:
+        check_bijector(layer, torch.randn(5, 2))
+    loss = -flow.log_prob(data.x_train[:64]).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="continuous vectors"):
+        build_realnvp_mlp(RealNVPMLPModel(), load_dataset("digits", data_root))

@@ -13,6 +13,9 @@ log-det, follows every coupling (Sec. 3.7). Images enter in logit space,
 y = logit(α + (1 − 2α)·x) with α = 0.05 (the authors' code; the paper's text writes
 α + (1 − α)x), and that map's log-det is part of the likelihood, hence of bits/dim.
 
+On vectors (the 2-D toys) the same affine coupling runs on alternating halves of the
+coordinates with MLP s/t networks (``RealNVPMLPModel``).
+
 Everything used here lives in ``common/``; this file only assembles the architecture.
 """
 
@@ -30,10 +33,10 @@ from common.dequantize import Logit, UniformDequantization
 from common.distributions import StandardNormal
 from common.flow import Flow
 from common.image import BatchNorm, ImageCoupling, Split, Squeeze
-from common.layers import Reshape
-from common.nets import ResNetConditioner
+from common.layers import Coupling, Reshape, alternating_mask
+from common.nets import MLP, ResNetConditioner
 
-__all__ = ["RealNVPModel", "build_model", "build_realnvp"]
+__all__ = ["RealNVPMLPModel", "RealNVPModel", "build_model", "build_realnvp", "build_realnvp_mlp"]
 
 
 class RealNVPModel(StrictModel):
@@ -47,6 +50,18 @@ class RealNVPModel(StrictModel):
                              "batch norm inside the ResNets")  # fmt: skip
     scale_l2: float = Field(5e-5, ge=0, description="L2 on the weight-norm scales (Sec. 4.1)")
     logit_alpha: float = Field(0.05, ge=0, lt=0.5, description="logit(α + (1 − 2α)x)")
+
+
+class RealNVPMLPModel(StrictModel):
+    """RealNVP on vectors (the 2-D toys; the form MAF's tabular baselines use): affine
+    couplings z₂ = x₂·exp(s) + t on alternating halves of the coordinates, s and t from one
+    MLP of the other half, batch norm (as a bijector) after every coupling."""
+
+    name: Literal["realnvp_mlp"] = "realnvp_mlp"
+    num_couplings: int = Field(8, ge=2, description="affine couplings (masks alternate)")
+    hidden_features: int = Field(64, gt=0, description="width of each s/t MLP layer")
+    num_hidden: int = Field(2, ge=1, description="hidden layers per s/t MLP")
+    batch_norm: bool = Field(True, description="BatchNorm bijector after each coupling")
 
 
 def _coupling(num_channels: int, mask: str, parity: int, cfg: RealNVPModel) -> list[Bijector]:
@@ -91,4 +106,25 @@ def build_realnvp(cfg: RealNVPModel, data: Dataset) -> Flow:
     return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
 
 
-build_model = with_baseline(build_realnvp)  # this paper's models and the diagonal-Gaussian baseline
+def build_realnvp_mlp(cfg: RealNVPMLPModel, data: Dataset) -> Flow:
+    if data.is_image or data.num_levels:
+        raise ConfigError(f"realnvp_mlp is the model for continuous vectors, not {data.name!r}")
+    d = data.num_dims
+    layers: list[Bijector] = []
+    for k in range(cfg.num_couplings):
+        mask = alternating_mask(d, parity=k % 2)
+        d_in = int(mask.sum())
+        net = MLP(d_in, 2 * (d - d_in), cfg.hidden_features, cfg.num_hidden, zero_init=True)
+        layers.append(Coupling(mask, net, transform="affine"))
+        if cfg.batch_norm:
+            layers.append(BatchNorm(d))
+    return Flow(Compose(*layers), StandardNormal(d))
+
+
+def _build(cfg: RealNVPModel | RealNVPMLPModel, data: Dataset) -> Flow:
+    if isinstance(cfg, RealNVPMLPModel):
+        return build_realnvp_mlp(cfg, data)
+    return build_realnvp(cfg, data)
+
+
+build_model = with_baseline(_build)  # this paper's models and the diagonal-Gaussian baseline

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from common.cli import run_cli
 from common.config import DiagonalGaussianModel, RunConfig, model_union
-from papers.realnvp.model import RealNVPModel, build_model
+from papers.realnvp.model import RealNVPMLPModel, RealNVPModel, build_model
 
 
 class RealNVPConfig(RunConfig):
-    model: model_union(RealNVPModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+    model: model_union(RealNVPModel, RealNVPMLPModel, DiagonalGaussianModel)  # type: ignore[valid-type]
 
 
 CONFIG = RealNVPConfig  # the config class of this paper's experiments (found by the tests)
