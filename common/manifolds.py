@@ -1,0 +1,104 @@
+"""Circles, tori and spheres: coordinates, domains and uniform base distributions
+(Rezende et al., "Normalizing Flows on Tori and Spheres", ICML 2020, arXiv:2002.02428).
+
+Every density here states its measure:
+
+- on the torus Tᴰ = [0, 2π)ᴰ (the circle is D = 1): Lebesgue measure on the angles, so the
+  uniform density is (2π)⁻ᴰ, log p = −D·log 2π;
+- on the sphere Sᴰ = {x ∈ Rᴰ⁺¹ : ‖x‖ = 1}: the surface measure, so the uniform density is
+  1/|Sᴰ| with |Sᴰ| = 2π^((D+1)/2) / Γ((D+1)/2) (4π for S²).
+
+Angles are tensors ``(B, D)`` in [0, 2π); sphere points are ``(B, D+1)`` unit vectors. Inputs
+outside the declared domain raise :class:`~common.bijector.InputOutsideDomainError`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from common.bijector import InputOutsideDomainError
+from common.distributions import BaseDistribution
+
+__all__ = [
+    "TWO_PI",
+    "UniformSphere",
+    "UniformTorus",
+    "check_angles",
+    "check_sphere",
+    "sphere_log_area",
+    "wrap_angle",
+]
+
+TWO_PI = 2 * math.pi
+
+
+def wrap_angle(theta: Tensor) -> Tensor:
+    """θ mod 2π, in [0, 2π) (``torch.remainder`` keeps the sign of the divisor)."""
+    return torch.remainder(theta, TWO_PI)
+
+
+def check_angles(theta: Tensor, name: str = "angles", atol: float = 1e-6) -> None:
+    """Raise if any angle lies outside [0, 2π] (a tolerance absorbs float rounding)."""
+    if ((theta < -atol) | (theta > TWO_PI + atol)).any() or not torch.isfinite(theta).all():
+        raise InputOutsideDomainError(
+            f"{name} must lie in [0, 2π); got range [{theta.min().item():.4g}, "
+            f"{theta.max().item():.4g}]. Wrap them with common.manifolds.wrap_angle."
+        )
+
+
+def check_sphere(x: Tensor, name: str = "points", atol: float = 1e-4) -> None:
+    """Raise if any point is not on the unit sphere (‖x‖ = 1 within ``atol``)."""
+    err = (x.norm(dim=-1) - 1).abs()
+    if not (err <= atol).all():
+        raise InputOutsideDomainError(
+            f"{name} must lie on the unit sphere; the largest |‖x‖ − 1| is {err.max().item():.3g}"
+        )
+
+
+def sphere_log_area(dim: int) -> float:
+    """log |Sᴰ| = log 2 + ((D+1)/2)·log π − log Γ((D+1)/2); |S¹| = 2π, |S²| = 4π."""
+    return math.log(2.0) + (dim + 1) / 2 * math.log(math.pi) - math.lgamma((dim + 1) / 2)
+
+
+class UniformTorus(BaseDistribution):
+    """Uniform on Tᴰ = [0, 2π)ᴰ w.r.t. Lebesgue measure: log p = −D·log 2π for every θ.
+    ``temperature`` has no meaning on a compact space and must be 1."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.dim = dim
+
+    def log_prob(self, theta: Tensor) -> Tensor:
+        self._check(theta)
+        check_angles(theta)
+        return theta.new_full((theta.shape[0],), -self.dim * math.log(TWO_PI))
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        if temperature != 1.0:
+            raise ValueError("a uniform base on the torus has no temperature")
+        a = self._anchor
+        return TWO_PI * torch.rand(n, self.dim, device=a.device, dtype=a.dtype)
+
+
+class UniformSphere(BaseDistribution):
+    """Uniform on Sᴰ ⊂ Rᴰ⁺¹ w.r.t. the surface measure: log p = −log |Sᴰ|. Sampled as a
+    normalised standard Gaussian vector (rotation invariance)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim + 1)
+        self.dim = dim
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        self._check(x)
+        check_sphere(x)
+        return x.new_full((x.shape[0],), -sphere_log_area(self.dim))
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        if temperature != 1.0:
+            raise ValueError("a uniform base on the sphere has no temperature")
+        a = self._anchor
+        g = torch.randn(n, self.dim + 1, device=a.device, dtype=a.dtype)
+        return g / g.norm(dim=-1, keepdim=True)
