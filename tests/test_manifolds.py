@@ -91,3 +91,33 @@ def test_mobius_mixture_inverse_tolerance_and_sampling_gradients():
     samples, ldj = layer(z)
     (samples.sum() + ldj.sum()).backward()
     assert layer.w.grad.abs().sum() > 0 and layer.logits.grad.abs().sum() > 0
+
+
+def perturbed_spline(num_features=2, num_bins=8, seed=0):
+    from common.splines import CircularSpline
+
+    torch.manual_seed(seed)
+    layer = CircularSpline(num_features, num_bins).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    return layer
+
+
+def test_circular_spline_passes_invariance_check():
+    theta = 0.1 + (TWO_PI - 0.2) * torch.rand(6, 2)
+    check_bijector(perturbed_spline(), theta, perturb_scale=0.5, atol=1e-7)
+
+
+def test_circular_spline_is_a_smooth_circle_diffeomorphism():
+    """f(0) = 0, f(2π) = 2π, increasing, f'(0) = f'(2π), and its density integrates to 1."""
+    layer = perturbed_spline(num_features=1, num_bins=12, seed=3)
+    theta = torch.linspace(0, TWO_PI, 20001, dtype=torch.float64)[:, None]
+    y, ldj = layer(theta)
+    assert y[0, 0] == 0 and abs(y[-1, 0].item() - TWO_PI) < 1e-12 and (y[:, 0].diff() > 0).all()
+    assert abs(ldj[0].item() - ldj[-1].item()) < 1e-9  # equal end derivatives
+    density = torch.exp(-math.log(TWO_PI) + ldj)
+    mass = torch.trapezoid(density, theta[:, 0])
+    assert abs(mass.item() - 1) < 1e-3 and density.max() > 2 / TWO_PI
+    x, inv_ldj = layer.inverse(y[:-1])
+    assert (x - theta[:-1]).abs().max() < 1e-9 and torch.allclose(inv_ldj, -ldj[:-1])
