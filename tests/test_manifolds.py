@@ -121,3 +121,40 @@ def test_circular_spline_is_a_smooth_circle_diffeomorphism():
     assert abs(mass.item() - 1) < 1e-3 and density.max() > 2 / TWO_PI
     x, inv_ldj = layer.inverse(y[:-1])
     assert (x - theta[:-1]).abs().max() < 1e-9 and torch.allclose(inv_ldj, -ldj[:-1])
+
+
+@pytest.mark.parametrize("kind", ["mobius", "ncp"])
+def test_mixtures_pass_the_check_and_normalise(kind):
+    from common.circle import NCPMixture
+
+    torch.manual_seed(4)
+    cls = MobiusMixture if kind == "mobius" else NCPMixture
+    theta = 0.2 + (TWO_PI - 0.4) * torch.rand(5, 2)
+    check_bijector(cls(2, 3), theta, perturb_scale=0.5, atol=1e-7)
+    layer = cls(1, 4).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(std=2.0)
+    grid = torch.linspace(0, TWO_PI, 20001, dtype=torch.float64)[:, None]
+    y, ldj = layer(grid[:-1])  # the domain is [0, 2π): the end point is θ = 0 again
+    end, end_ldj = layer(torch.full((1, 1), TWO_PI - 1e-9, dtype=torch.float64))
+    assert y[0, 0].abs() < 1e-12 and abs(end.item() - TWO_PI) < 1e-6
+    assert (y[:, 0].diff() > 0).all() and abs(ldj[0].item() - end_ldj.item()) < 1e-6
+    density = torch.exp(-math.log(TWO_PI) + torch.cat([ldj, ldj[:1]]))  # periodic
+    mass = torch.trapezoid(density, grid[:, 0])
+    assert abs(mass.item() - 1) < 1e-3
+
+
+def test_ncp_closed_forms_agree():
+    from common.circle import ncp
+
+    theta = torch.linspace(0.01, TWO_PI - 0.01, 101, dtype=torch.float64)
+    log_alpha, beta = (
+        torch.tensor(0.7, dtype=torch.float64),
+        torch.tensor(-0.4, dtype=torch.float64),
+    )
+    y, log_deriv = ncp(theta, log_alpha, beta)
+    expected = torch.pi + 2 * torch.atan(log_alpha.exp() * torch.tan((theta - torch.pi) / 2) + beta)
+    assert torch.allclose(y, expected, atol=1e-12)
+    back, inv_log_deriv = ncp(y, log_alpha, beta, inverse=True)
+    assert torch.allclose(back, theta, atol=1e-12) and torch.allclose(inv_log_deriv, -log_deriv)
