@@ -1,9 +1,13 @@
-"""Flows on the circle S¹ = [0, 2π), acting elementwise on angles ``(B, D)``
-(Rezende et al., "Normalizing Flows on Tori and Spheres", ICML 2020, arXiv:2002.02428, Sec. 2).
+"""Flows on the circle S¹ = [0, 2π) (Rezende et al., "Normalizing Flows on Tori and Spheres",
+ICML 2020, arXiv:2002.02428, Sec. 2).
 
-A circle flow is a monotone map f of [0, 2π) onto itself with f(0) = 0 (so f(2π) = 2π) and a
-derivative that is periodic; densities are w.r.t. Lebesgue measure on the angle, and
-ldj = log f'(θ).
+A circle flow is a monotone map f of [0, 2π] onto itself with f(0) = 0 (so f(2π) = 2π) and a
+periodic derivative; densities are w.r.t. Lebesgue measure on the angle, ldj = log f'(θ).
+
+Each family is a :class:`CircleMap`: a stateless map f(θ; p) of angles ``(...)`` given an
+unconstrained parameter vector ``p`` ``(..., P)``, so the same code serves a free-standing
+layer (:class:`CircleFlow`, p a parameter) and a conditional one (p from a network, in the
+torus and sphere flows).
 
 **Möbius transform** (Sec. 2.1). For ω in the open unit disk and z = e^{iθ},
 
@@ -11,14 +15,17 @@ ldj = log f'(θ).
 
 a disk automorphism that maps the circle onto itself; |h_ω'(z)| = (1 − |ω|²) / |z − ω|², and
 its inverse is h_{−ω}. f_ω(θ) = arg h_ω(e^{iθ}) − arg h_ω(1) rotates it so that 0 ↦ 0.
-ω = 0.99 · w / (1 + ‖w‖) keeps ω inside the disk for any parameter w ∈ R².
+ω = 0.99 · w / (1 + ‖w‖) keeps ω inside the disk for any w ∈ R².
 
-**Convex combination** (Sec. 2.1): a composition of Möbius maps is again one, so the paper
-makes them expressive by f(θ) = Σ_k π_k f_{ω_k}(θ), π on the simplex. It is monotone with
-f' = Σ_k π_k f_{ω_k}'; its inverse has no closed form and is found by bisection.
+**Convex combination** (Sec. 2.1, Eq. 7): a composition of Möbius maps is again one, so the
+paper makes them expressive by f(θ) = Σ_k π_k f_{ω_k}(θ), π on the simplex. It is increasing
+with f' = Σ_k π_k f_{ω_k}'; its inverse has no closed form and is found by bisection.
+
+**Circular rational-quadratic spline** (Sec. 2.2): K bins on [0, 2π] → [0, 2π] with equal end
+derivatives d_K = d_0, so the map and its derivative are periodic (see common.splines).
 
 **Non-compact projection** (NCP, Sec. 2.3): θ ↦ tan(θ/2) to the real line, an increasing
-affine map there, and back with 2·arctan; mixed the same way.
+affine map there, and back with 2·arctan; mixed like the Möbius maps.
 """
 
 from __future__ import annotations
@@ -28,8 +35,20 @@ from torch import Tensor, nn
 
 from common.bijector import Bijector
 from common.manifolds import TWO_PI, check_angles, wrap_angle
+from common.splines import rational_quadratic_spline
 
-__all__ = ["ConvexMixture", "MobiusMixture", "NCPMixture", "mobius", "ncp", "omega_from_params"]
+__all__ = [
+    "CircleFlow",
+    "CircleMap",
+    "CircularSplineMap",
+    "ConvexMixtureMap",
+    "MobiusMixtureMap",
+    "NCPMixtureMap",
+    "circle_map",
+    "mobius",
+    "ncp",
+    "omega_from_params",
+]
 
 
 def omega_from_params(w: Tensor, radius: float = 0.99) -> Tensor:
@@ -59,71 +78,6 @@ def mobius(theta: Tensor, omega: Tensor, inverse: bool = False) -> tuple[Tensor,
     return wrap_angle(angle), log_deriv
 
 
-class ConvexMixture(Bijector):
-    """f(θ) = Σ_k π_k f_k(θ) on each of ``num_features`` angles, for K circle maps f_k that
-    fix 0 and are increasing on [0, 2π] (Rezende et al. 2020, Eq. (7)); π = softmax(logits).
-    f is again such a map, with ldj = Σ_d log Σ_k π_k f_k'(θ_d).
-
-    ``forward`` is the closed form; ``inverse`` solves f(θ) = y by bisection to
-    ``inverse_tol`` (radians), using that f is increasing on [0, 2π], then takes one Newton
-    step so the result is differentiable (implicit gradients). For reverse-KL training, where
-    samples must be differentiable, use ``Inverse(...)`` so the closed form is the sampling
-    direction. Subclasses define the components. Shapes: ``(B, D) → (B, D)``, in [0, 2π).
-    """
-
-    def __init__(self, num_features: int, num_components: int, inverse_tol: float = 1e-10):
-        super().__init__()
-        self.logits = nn.Parameter(torch.zeros(num_features, num_components))
-        self.inverse_tol = inverse_tol
-
-    def _components(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """f_k(θ) and log f_k'(θ) for ``theta`` ``(B, D)``: two ``(B, D, K)`` tensors."""
-        raise NotImplementedError
-
-    def _map(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        angles, log_derivs = self._components(theta)
-        log_pi = torch.log_softmax(self.logits, dim=-1)  # (D, K)
-        y = (log_pi.exp() * angles).sum(-1)
-        log_deriv = torch.logsumexp(log_pi + log_derivs, dim=-1)  # (B, D)
-        return y, log_deriv
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_angles(x)
-        y, log_deriv = self._map(x)
-        return y, log_deriv.sum(-1)
-
-    @torch.no_grad()
-    def _bisect(self, y: Tensor) -> Tensor:
-        lo, hi = torch.zeros_like(y), torch.full_like(y, TWO_PI)
-        while (hi - lo).max() > self.inverse_tol:
-            mid = (lo + hi) / 2
-            below = self._map(mid)[0] < y
-            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-            if (hi - lo).max() < torch.finfo(y.dtype).eps * TWO_PI:
-                break  # the dtype's resolution, not the tolerance, is the limit
-        return (lo + hi) / 2
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_angles(z)
-        x0 = self._bisect(z)
-        # One Newton step from the bisection root: the same point, but differentiable, with
-        # dx/dz = 1/f'(x) and parameter gradients by the implicit function theorem.
-        y0, log_deriv = self._map(x0)
-        x = x0 - (y0 - z) * (-log_deriv).exp()
-        return x, -log_deriv.sum(-1)
-
-
-class MobiusMixture(ConvexMixture):
-    """Convex combination of K rotated Möbius maps f_{ω_k} per angle (Sec. 2.1)."""
-
-    def __init__(self, num_features: int, num_components: int, inverse_tol: float = 1e-10):
-        super().__init__(num_features, num_components, inverse_tol)
-        self.w = nn.Parameter(0.1 * torch.randn(num_features, num_components, 2))
-
-    def _components(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        return mobius(theta.unsqueeze(-1), omega_from_params(self.w))  # (B, D, K) each
-
-
 def ncp(theta: Tensor, log_alpha: Tensor, beta: Tensor, inverse: bool = False):
     """Non-compact projection (Sec. 2.3): project the circle to R, apply x ↦ αx + β, project
     back. With φ = θ − π, x = tan(φ/2), the map is φ' = 2·arctan(α·tan(φ/2) + β), written with
@@ -144,13 +98,158 @@ def ncp(theta: Tensor, log_alpha: Tensor, beta: Tensor, inverse: bool = False):
     return out, -(log_alpha - torch.log(cx**2 + (alpha * sx + beta * cx) ** 2))
 
 
-class NCPMixture(ConvexMixture):
-    """Convex combination of K non-compact projections per angle (Sec. 2.3)."""
+class CircleMap:
+    """A family of circle diffeomorphisms f(θ; p) with f(0) = 0, for an unconstrained parameter
+    vector p of ``num_params`` entries. Stateless: the parameters are passed in.
 
-    def __init__(self, num_features: int, num_components: int, inverse_tol: float = 1e-10):
-        super().__init__(num_features, num_components, inverse_tol)
-        self.log_alpha = nn.Parameter(0.1 * torch.randn(num_features, num_components))
-        self.beta = nn.Parameter(0.1 * torch.randn(num_features, num_components))
+    ``__call__(θ, p)`` and ``inverse(y, p)`` take angles ``(...)`` in [0, 2π] and parameters
+    ``(..., P)``, and return the image and log |d(out)/d(in)| at the input, both ``(...)``.
+    """
 
-    def _components(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        return ncp(theta.unsqueeze(-1), self.log_alpha, self.beta)  # (B, D, K) each
+    num_params: int
+
+    def __call__(self, theta: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def initial_params(self, generator: torch.Generator | None = None) -> Tensor:
+        """A ``(P,)`` starting point close to the identity (randomised where the family's
+        components would otherwise stay interchangeable forever)."""
+        raise NotImplementedError
+
+
+class ConvexMixtureMap(CircleMap):
+    """f(θ) = Σ_k π_k f_k(θ) for K increasing circle maps f_k fixing 0 (Eq. 7); π =
+    softmax(logits), the last K entries of p. f' = Σ_k π_k f_k', computed as a logsumexp.
+
+    ``inverse`` solves f(θ) = y by bisection to ``inverse_tol`` radians (f is increasing on
+    [0, 2π]), then takes one Newton step from the root so the result is differentiable, with
+    dθ/dy = 1/f'(θ) and parameter gradients by the implicit function theorem."""
+
+    def __init__(self, num_components: int, inverse_tol: float = 1e-10) -> None:
+        self.K = num_components
+        self.inverse_tol = inverse_tol
+
+    def _components(self, theta: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """f_k(θ) and log f_k'(θ): two ``(..., K)`` tensors."""
+        raise NotImplementedError
+
+    def __call__(self, theta: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        angles, log_derivs = self._components(theta.unsqueeze(-1), params)
+        log_pi = torch.log_softmax(params[..., -self.K :], dim=-1)
+        y = (log_pi.exp() * angles).sum(-1)
+        return y, torch.logsumexp(log_pi + log_derivs, dim=-1)
+
+    @torch.no_grad()
+    def _bisect(self, y: Tensor, params: Tensor) -> Tensor:
+        lo, hi = torch.zeros_like(y), torch.full_like(y, TWO_PI)
+        while (hi - lo).max() > self.inverse_tol:
+            mid = (lo + hi) / 2
+            below = self(mid, params)[0] < y
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+            if (hi - lo).max() < torch.finfo(y.dtype).eps * TWO_PI:
+                break  # the dtype's resolution, not the tolerance, is the limit
+        return (lo + hi) / 2
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        theta0 = self._bisect(y, params)
+        y0, log_deriv = self(theta0, params)
+        theta = theta0 - (y0 - y) * (-log_deriv).exp()  # one Newton step: differentiable
+        return theta, -log_deriv
+
+
+class MobiusMixtureMap(ConvexMixtureMap):
+    """Convex combination of K rotated Möbius maps; p = [w (K × 2, flattened), logits (K)]."""
+
+    def __init__(self, num_components: int, inverse_tol: float = 1e-10) -> None:
+        super().__init__(num_components, inverse_tol)
+        self.num_params = 3 * num_components
+
+    def _components(self, theta: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        w = params[..., : 2 * self.K].unflatten(-1, (self.K, 2))
+        return mobius(theta, omega_from_params(w))
+
+    def initial_params(self, generator: torch.Generator | None = None) -> Tensor:
+        # Distinct small centres: equal ones would get equal gradients and never separate.
+        w = 0.3 * torch.randn(2 * self.K, generator=generator)
+        return torch.cat([w, torch.zeros(self.K)])
+
+
+class NCPMixtureMap(ConvexMixtureMap):
+    """Convex combination of K non-compact projections; p = [log α (K), β (K), logits (K)]."""
+
+    def __init__(self, num_components: int, inverse_tol: float = 1e-10) -> None:
+        super().__init__(num_components, inverse_tol)
+        self.num_params = 3 * num_components
+
+    def _components(self, theta: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        K = self.K
+        return ncp(theta, params[..., :K], params[..., K : 2 * K])
+
+    def initial_params(self, generator: torch.Generator | None = None) -> Tensor:
+        ab = 0.3 * torch.randn(2 * self.K, generator=generator)
+        return torch.cat([ab, torch.zeros(self.K)])
+
+
+class CircularSplineMap(CircleMap):
+    """Circular rational-quadratic spline with K bins (Sec. 2.2); p = [widths (K), heights (K),
+    derivatives (K)], the end derivative d_K tied to d_0. Closed form both ways."""
+
+    def __init__(self, num_bins: int) -> None:
+        self.K = num_bins
+        self.num_params = 3 * num_bins
+
+    def _apply(self, theta: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        K = self.K
+        params = params.expand(*theta.shape, self.num_params)
+        derivs = params[..., 2 * K :]
+        derivs = torch.cat([derivs, derivs[..., :1]], dim=-1)  # d_K = d_0: periodic f'
+        return rational_quadratic_spline(
+            theta, params[..., :K], params[..., K : 2 * K], derivs, (0.0, TWO_PI), inverse
+        )
+
+    def __call__(self, theta: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._apply(theta, params, inverse=False)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._apply(y, params, inverse=True)
+
+    def initial_params(self, generator: torch.Generator | None = None) -> Tensor:
+        # equal bins and softplus(0.5413) ≈ 1 knot derivatives: close to the identity
+        return torch.cat([torch.zeros(2 * self.K), torch.full((self.K,), 0.5413)])
+
+
+def circle_map(family: str, size: int) -> CircleMap:
+    """``"mobius"`` (K centres), ``"spline"`` (K bins) or ``"ncp"`` (K projections)."""
+    families = {"mobius": MobiusMixtureMap, "spline": CircularSplineMap, "ncp": NCPMixtureMap}
+    if family not in families:
+        raise ValueError(f"unknown circle-flow family {family!r}; allowed: {sorted(families)}")
+    return families[family](size)
+
+
+class CircleFlow(Bijector):
+    """A circle map applied to each of ``num_features`` angles with its own free parameters.
+    ``forward`` is the map f; ldj = Σ_d log f'(θ_d). For reverse-KL training, where samples
+    must be closed-form and differentiable, use it as ``Inverse(CircleFlow(...))`` so that
+    sampling applies f. Shapes: ``(B, D) → (B, D)``, angles in [0, 2π)."""
+
+    def __init__(
+        self, num_features: int, circle_map: CircleMap, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        self.map = circle_map
+        g = generator  # None: the global RNG (seeded by the run)
+        init = torch.stack([circle_map.initial_params(g) for _ in range(num_features)])
+        self.params = nn.Parameter(init)  # (D, P)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_angles(x)
+        y, log_deriv = self.map(x, self.params)
+        return y, log_deriv.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_angles(z)
+        x, log_deriv = self.map.inverse(z, self.params)
+        return x, log_deriv.sum(-1)

@@ -1,7 +1,8 @@
 """The entry point every paper shares: ``python -m papers.<paper>.train --config FILE [--set k=v]``.
 
 It parses, validates the config before any compute, and calls
-:func:`common.training.train_and_evaluate`. Known failures (bad config, missing data, NaNs)
+:func:`common.training.train_and_evaluate` (or the paper's ``trainer``, e.g. reverse-KL
+training for the tori and spheres paper). Known failures (bad config, missing data, NaNs)
 end with a one-paragraph message and a non-zero exit, not a traceback.
 """
 
@@ -27,6 +28,7 @@ def run_cli(
     build_model: Callable[[Any, Dataset], Flow],
     argv: list[str] | None = None,
     paper: str = "<paper>",
+    trainer: Callable[..., dict[str, Any]] = train_and_evaluate,
 ) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog=f"python -m papers.{paper}.train",
@@ -56,7 +58,7 @@ def run_cli(
             if args.no_tracking
             else Tracker(args.tracking_uri or default_tracking_uri(), cfg.paper)
         )
-        return train_and_evaluate(
+        return trainer(
             cfg, build_model, workdir, tracker, args.stop_after, progress=not args.no_progress
         )
     except (ConfigError, DatasetNotFoundError, ChecksumError, NonFiniteLossError) as exc:

@@ -24,11 +24,13 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DiagonalGaussianModel",
+    "KLTrainConfig",
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",
     "StrictModel",
     "TrainConfig",
+    "VariationalRunConfig",
     "apply_overrides",
     "flatten",
     "load_config",
@@ -115,7 +117,43 @@ class RunConfig(StrictModel):
     model: Any
 
 
-C = TypeVar("C", bound=RunConfig)
+class KLTrainConfig(StrictModel):
+    """Reverse-KL training towards an unnormalised target (Rezende et al. 2020, Sec. 5): each
+    step draws ``batch_size`` samples from the flow and minimises E_q[log q − log p̃]."""
+
+    batch_size: int = Field(256, gt=0)
+    max_steps: int = Field(..., gt=0)
+    eval_every: int = Field(1000, gt=0, description="steps between monitoring estimates")
+    monitor_samples: int = Field(2000, gt=1, description="samples per monitoring estimate")
+    eval_samples: int = Field(20000, gt=1, description="samples of the final KL/ESS estimate")
+    grid_size: int = Field(400, gt=1, description="quadrature/figure nodes per coordinate")
+    log_every: int = Field(100, gt=0, description="steps between train-metric logs")
+    checkpoint_every: int = Field(2000, gt=0, description="steps between resumable checkpoints")
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    compile: bool = Field(
+        False, description="torch.compile the loss (2-3× faster steps on CPU after a compile "
+        "of 10-60 s: worth it for long runs, not for smoke tests)",
+    )  # fmt: skip
+    optim: OptimConfig = OptimConfig(lr=2e-4)
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class VariationalRunConfig(StrictModel):
+    """A flow fitted to an analytic target by reverse KL: no dataset; ``target`` and ``model``
+    are narrowed by each paper."""
+
+    paper: str
+    experiment: str = Field(..., description="experiment name: unique within the paper")
+    scale: Scale = Field(..., description="smoke (seconds), cpu (minutes), paper (GPU)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    threads: int = Field(1, gt=0, description="torch intra-op threads (1: parallel jobs)")
+    target: Any
+    train: KLTrainConfig
+    model: Any
+
+
+C = TypeVar("C", bound=StrictModel)
 
 
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")

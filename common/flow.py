@@ -67,6 +67,20 @@ class Flow(nn.Module):
         terms = [m.penalty() for m in self.modules() if m is not self and hasattr(m, "penalty")]
         return sum(terms, self.base._anchor.new_zeros(()))
 
+    def sample_with_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` reparametrised samples x = f⁻¹(z), z ~ base, and log q(x) = log p_base(z) −
+        log |det ∂x/∂z|, both differentiable w.r.t. the parameters: what reverse-KL training
+        needs. Flows on continuous data only (no dequantization)."""
+        return self.from_base(self.base.sample(n), context)
+
+    def from_base(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x = f⁻¹(z) for base samples ``z`` and log q(x) = log p_base(z) − log |det ∂x/∂z|
+        (differentiable; the random draw stays outside, e.g. for ``torch.compile``)."""
+        if self.dequantization is not None:
+            raise ValueError("from_base needs a flow without dequantization")
+        x, ldj = self.transform.inverse(z, context)
+        return x, self.base.log_prob(z) - ldj
+
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         """``n`` samples in data space (discrete levels if the flow dequantizes)."""

@@ -28,7 +28,9 @@ __all__ = [
     "UniformTorus",
     "check_angles",
     "check_sphere",
+    "sphere_grid",
     "sphere_log_area",
+    "torus_grid",
     "wrap_angle",
 ]
 
@@ -41,7 +43,10 @@ def wrap_angle(theta: Tensor) -> Tensor:
 
 
 def check_angles(theta: Tensor, name: str = "angles", atol: float = 1e-6) -> None:
-    """Raise if any angle lies outside [0, 2π] (a tolerance absorbs float rounding)."""
+    """Raise if any angle lies outside [0, 2π] (a tolerance absorbs float rounding). Skipped
+    inside ``torch.compile`` (a data-dependent raise would split the graph)."""
+    if torch.compiler.is_compiling():
+        return
     if ((theta < -atol) | (theta > TWO_PI + atol)).any() or not torch.isfinite(theta).all():
         raise InputOutsideDomainError(
             f"{name} must lie in [0, 2π); got range [{theta.min().item():.4g}, "
@@ -50,7 +55,10 @@ def check_angles(theta: Tensor, name: str = "angles", atol: float = 1e-6) -> Non
 
 
 def check_sphere(x: Tensor, name: str = "points", atol: float = 1e-4) -> None:
-    """Raise if any point is not on the unit sphere (‖x‖ = 1 within ``atol``)."""
+    """Raise if any point is not on the unit sphere (‖x‖ = 1 within ``atol``). Skipped inside
+    ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return
     err = (x.norm(dim=-1) - 1).abs()
     if not (err <= atol).all():
         raise InputOutsideDomainError(
@@ -61,6 +69,29 @@ def check_sphere(x: Tensor, name: str = "points", atol: float = 1e-4) -> None:
 def sphere_log_area(dim: int) -> float:
     """log |Sᴰ| = log 2 + ((D+1)/2)·log π − log Γ((D+1)/2); |S¹| = 2π, |S²| = 4π."""
     return math.log(2.0) + (dim + 1) / 2 * math.log(math.pi) - math.lgamma((dim + 1) / 2)
+
+
+def torus_grid(n: int) -> tuple[Tensor, float, dict[str, Tensor]]:
+    """The n × n midpoint grid of T² = [0, 2π)²: points ``(n², 2)`` (θ₁ varying slowest), the
+    cell area (2π/n)² and the nodes per axis. For a smooth periodic density the midpoint rule
+    converges faster than any power of 1/n."""
+    nodes = (torch.arange(n, dtype=torch.float64) + 0.5) * (TWO_PI / n)
+    t1, t2 = torch.meshgrid(nodes, nodes, indexing="ij")
+    points = torch.stack([t1.ravel(), t2.ravel()], dim=-1).to(torch.get_default_dtype())
+    return points, (TWO_PI / n) ** 2, {"theta1": nodes, "theta2": nodes}
+
+
+def sphere_grid(n: int) -> tuple[Tensor, float, dict[str, Tensor]]:
+    """An n × n midpoint grid of S² in the area-preserving cylindrical chart (h, φ) ∈
+    [−1, 1] × [0, 2π) (dA = dh dφ): unit vectors ``(n², 3)`` (h varying slowest), the cell
+    area (2/n)(2π/n) and the nodes per axis. Averaged over φ, a smooth density on S² is a
+    smooth function of h, so the midpoint rule in h is second order."""
+    h = -1 + (torch.arange(n, dtype=torch.float64) + 0.5) * (2 / n)
+    phi = (torch.arange(n, dtype=torch.float64) + 0.5) * (TWO_PI / n)
+    hh, pp = torch.meshgrid(h, phi, indexing="ij")
+    rho = (1 - hh**2).sqrt()
+    points = torch.stack([rho * pp.cos(), rho * pp.sin(), hh], dim=-1).reshape(-1, 3)
+    return points.to(torch.get_default_dtype()), (2 / n) * (TWO_PI / n), {"h": h, "phi": phi}
 
 
 class UniformTorus(BaseDistribution):

@@ -1,4 +1,5 @@
-"""Figures saved by every run: sample grids (images), densities (2-D data), training curves."""
+"""Figures saved by every run: sample grids (images), densities (2-D data, tori, spheres),
+training curves."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["save_curves", "save_density_2d", "save_image_grid"]
+__all__ = [
+    "save_curves",
+    "save_density_2d",
+    "save_image_grid",
+    "save_sphere_density",
+    "save_torus_density",
+]
 
 
 def save_image_grid(images: torch.Tensor, num_levels: int, path: Path, title: str = "") -> Path:
@@ -65,19 +72,84 @@ def save_density_2d(model, data: torch.Tensor, path: Path, title: str = "", n: i
     return path
 
 
-def save_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
-    """Train and validation NLL against steps from the trainer's history records."""
+def save_curves(
+    history: list[dict[str, float]],
+    path: Path,
+    title: str = "",
+    keys: tuple[str, str] = ("train/nll", "val/nll"),
+    ylabel: str = "NLL (nats / example)",
+) -> Path:
+    """A training and a validation metric (default: NLL) against steps, from the trainer's
+    history records."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for key, style in (("train/nll", "-"), ("val/nll", "o-")):
+    for key, style in zip(keys, ("-", "o-"), strict=True):
         pts = [(h["step"], h[key]) for h in history if key in h]
         if pts:
             steps, values = zip(*pts, strict=True)
             ax.plot(steps, values, style, label=key, markersize=3, linewidth=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("NLL (nats / example)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_torus_density(
+    target_logp: torch.Tensor, model_logq: torch.Tensor, coords: dict, path: Path, title: str = ""
+) -> Path:
+    """Target and model densities on T² as heat maps (same colour scale; θ₁ across, θ₂ up),
+    and their marginals on each circle factor. Inputs: ``(n, n)`` log densities on the
+    midpoint grid of :func:`common.manifolds.torus_grid`."""
+    p, q = target_logp.double().exp().numpy(), model_logq.double().exp().numpy()
+    nodes = coords["theta1"].numpy()
+    step = nodes[1] - nodes[0]
+    vmax = max(p.max(), q.max())
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, values, name in ((axes[0], p, "target p"), (axes[1], q, "model q")):
+        im = ax.imshow(values.T, origin="lower", extent=(0, 2 * np.pi, 0, 2 * np.pi),
+                       cmap="viridis", vmin=0, vmax=vmax)  # fmt: skip
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("θ₁")
+        ax.set_ylabel("θ₂")
+    fig.colorbar(im, ax=axes[:2], shrink=0.8, label="density (Lebesgue on [0, 2π)²)")
+    for axis, (style, label) in enumerate((("-", "θ₁"), ("--", "θ₂"))):
+        axes[2].plot(nodes, p.sum(1 - axis) * step, style, color="k", label=f"target, {label}")
+        axes[2].plot(nodes, q.sum(1 - axis) * step, style, color="C1", label=f"model, {label}")
+    axes[2].set_title("marginal circle densities", fontsize=9)
+    axes[2].set_xlabel("angle")
+    axes[2].legend(fontsize=7)
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_sphere_density(
+    target_logp: torch.Tensor, model_logq: torch.Tensor, coords: dict, path: Path, title: str = ""
+) -> Path:
+    """Target and model densities on S² in the Mollweide projection (equal-area: the colour
+    integrates to the probability of a region), longitude = azimuth φ of (x₁, x₂), latitude =
+    arcsin x₃. Inputs: ``(n, n)`` log densities on :func:`common.manifolds.sphere_grid`."""
+    p, q = target_logp.double().exp().numpy(), model_logq.double().exp().numpy()
+    phi, h = coords["phi"].numpy(), coords["h"].numpy()
+    lon = np.where(phi > np.pi, phi - 2 * np.pi, phi)
+    order = np.argsort(lon)
+    lat = np.arcsin(h)
+    vmax = max(p.max(), q.max())
+    fig = plt.figure(figsize=(11, 3.4))
+    for i, (values, name) in enumerate(((p, "target p"), (q, "model q"))):
+        ax = fig.add_subplot(1, 2, i + 1, projection="mollweide")
+        mesh = ax.pcolormesh(lon[order], lat, values[:, order], cmap="viridis", vmin=0,
+                             vmax=vmax, shading="auto")  # fmt: skip
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    fig.colorbar(mesh, ax=fig.axes, shrink=0.7, label="density (surface measure)")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

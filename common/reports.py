@@ -88,17 +88,22 @@ def _load_runs(tracking_uri: str, metrics_files: list[Path]) -> dict[str, Group]
     return groups
 
 
-def _curves_figure(client, groups: list[Group], dataset: str, path: Path) -> Path:
+def _curves_figure(
+    client, groups: list[Group], dataset: str, path: Path, metric: str = "val/nll",
+    ylabel: str = "validation NLL (nats / example)",
+) -> Path:  # fmt: skip
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for i, g in enumerate(groups):
         for j, run in enumerate(g.runs):
-            hist = client.get_metric_history(run.info.run_id, "val/nll")
+            hist = client.get_metric_history(run.info.run_id, metric)
             steps = [m.step for m in hist]
             ax.plot(steps, [m.value for m in hist], color=f"C{i}", alpha=0.8, linewidth=1,
-                    label=g.model if j == 0 else None)  # fmt: skip
+                    label=g.experiment if j == 0 else None)  # fmt: skip
     ax.set_xlabel("training step")
-    ax.set_ylabel("validation NLL (nats / example)")
-    ax.set_title(f"{dataset}: validation NLL, every seed", fontsize=9)
+    ax.set_ylabel(ylabel)
+    if metric.endswith("kl"):
+        ax.set_yscale("log")
+    ax.set_title(f"{dataset}: {ylabel}, every seed", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -117,6 +122,71 @@ def _verdict_vs_baseline(model: Group, baseline: Group) -> str:
     if gain > 0:
         return f"{model.model} better by {gain:.2f} nats/example, within 3 × seed std"
     return f"**{model.model} not better** ({-gain:.2f} nats/example worse)"
+
+
+def _nll_section(by_dataset: dict[str, list[Group]], profile: str, baseline: str) -> list[str]:
+    """Test NLL and bpd per experiment, each flow against the Gaussian baseline."""
+    lines: list[str] = []
+    lines += [
+        "",
+        f"## Our experiments (scale: `{profile}`)",
+        "",
+        "Test metrics of the best-validation checkpoint; NLL in nats per example of the data "
+        "as stored (discrete levels for images, dequantization included; raw values for 2-D "
+        "sets), bpd = NLL / (D ln 2). "
+        f"Baseline: `{baseline}`, an independent Gaussian per dimension.",
+        "",
+    ]
+    rows = []
+    for dataset, gs in sorted(by_dataset.items()):
+        gs.sort(key=lambda g: (g.model == baseline, g.experiment))
+        base = next((g for g in gs if g.model == baseline), None)
+        for g in gs:
+            verdict = "baseline" if g is base else (
+                _verdict_vs_baseline(g, base) if base else "no baseline run")  # fmt: skip
+            rows.append([
+                dataset, f"`{g.experiment}`", fmt(g.stat("test/nll")), fmt(g.stat("test/bpd")),
+                f"{int(g.tag('num_params')):,}", f"{_mean_wall(g):.1f} s", g.tag("device"), verdict,
+            ])  # fmt: skip
+    lines += _table(
+        ["dataset", "experiment", "test NLL (nats)", "test bpd", "params", "train time/seed",
+         "device", "vs baseline"], rows,
+    )  # fmt: skip
+
+    return lines
+
+
+def _metric_section(spec: dict, by_dataset: dict[str, list[Group]], profile: str) -> list[str]:
+    """The ``report`` block of paper.yaml: ``intro``, ``metrics`` (columns: ``key``, ``label``,
+    ``digits``) and optionally ``goal`` (``metric``, ``at_most``, ``label``): a verdict per
+    experiment and, per dataset, whether the best experiment meets it."""
+    lines = ["", f"## Our experiments (scale: `{profile}`)", "", spec["intro"], ""]
+    goal = spec.get("goal")
+    header = ["dataset", "experiment", *(m["label"] for m in spec["metrics"]), "params",
+              "train time/seed"] + ([goal["label"]] if goal else [])  # fmt: skip
+    rows, verdicts = [], []
+    for dataset, gs in sorted(by_dataset.items()):
+        gs.sort(key=lambda g: g.experiment)
+        for g in gs:
+            row = [dataset, f"`{g.experiment}`"]
+            row += [fmt(g.stat(m["key"]), m.get("digits", 3)) for m in spec["metrics"]]
+            row += [f"{int(g.tag('num_params')):,}", f"{_mean_wall(g):.1f} s"]
+            if goal:
+                stat = g.stat(goal["metric"])
+                row.append("—" if stat is None else ("yes" if stat[0] <= goal["at_most"] else
+                                                    "**no**"))  # fmt: skip
+            rows.append(row)
+        if goal:
+            scored = [(g.stat(goal["metric"]), g) for g in gs if g.stat(goal["metric"])]
+            if scored:
+                (mean, std, n), best = min(scored, key=lambda t: t[0][0])
+                met = "meets" if mean <= goal["at_most"] else "**misses**"
+                verdicts.append(f"- {dataset}: the best, `{best.experiment}`, {met} "
+                                f"{goal['label']} ({mean:.3f} ± {std:.3f}, n={n}).")  # fmt: skip
+    lines += _table(header, rows)
+    if verdicts:
+        lines += ["", f"**Verdicts ({goal['label']}, on the mean over seeds):**", "", *verdicts]
+    return [*lines, ""]
 
 
 def _claim_row(claim: dict, groups: dict[str, Group], profile: str) -> list[str]:
@@ -140,7 +210,12 @@ def _claim_row(claim: dict, groups: dict[str, Group], profile: str) -> list[str]
         higher = claim.get("higher_is_better", True)
         diff = (stat[0] - claim["value"]) * (1 if higher else -1)
         tol = claim.get("tolerance", 0.0)
-        verdict = "reproduced" if diff >= -tol else f"missed by {abs(diff):.2f} {claim['unit']}"
+        if claim.get("two_sided"):  # "within ±tol of the paper", better or worse
+            verdict = (f"reproduced (within ±{tol:g})" if abs(diff) <= tol else
+                       f"{'better' if diff > 0 else 'worse'} than the paper by {abs(diff):.2f} "
+                       f"{claim['unit']} (more than ±{tol:g})")  # fmt: skip
+        else:
+            verdict = "reproduced" if diff >= -tol else f"missed by {abs(diff):.2f} {claim['unit']}"
     return [claim["table"], claim["dataset"], paper_value, ours, g.tag("scale"), compute, verdict]
 
 
@@ -280,6 +355,20 @@ def _sample_figures(client, g: Group, fig_dir: Path, rel: Path) -> list[str]:
             *_table(header, [[c for _, c in cells]]), ""]  # fmt: skip
 
 
+def _density_figure(client, g: Group, fig_dir: Path, rel: Path) -> list[str]:
+    """The target-vs-model density figure of the first seed, where the run saved one."""
+    run = g.runs[0]
+    names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
+    if "density.png" not in names:
+        return []
+    local = client.download_artifacts(run.info.run_id, "figures/density.png", str(fig_dir))
+    target = fig_dir / f"{g.experiment}_density.png"
+    shutil.move(local, target)
+    seed = run.data.tags["seed"]
+    return [f"`{g.experiment}` (seed {seed}): target and model densities", "",
+            f"![{g.experiment} density]({rel / target.name})", ""]  # fmt: skip
+
+
 def _compute_lines(groups: dict[str, Group]) -> list[str]:
     runs = [r for g in groups.values() for r in g.runs]
     total = sum(float(r.data.metrics.get("train/wall_time_s", 0.0)) for r in runs)
@@ -351,41 +440,24 @@ def generate_report(
     by_dataset: dict[str, list[Group]] = defaultdict(list)
     for g in groups.values():
         by_dataset[g.dataset].append(g)
-    lines += [
-        "",
-        f"## Our experiments (scale: `{profile}`)",
-        "",
-        "Test metrics of the best-validation checkpoint; NLL in nats per example of the data "
-        "as stored (discrete levels for images, dequantization included; raw values for 2-D "
-        "sets), bpd = NLL / (D ln 2). "
-        f"Baseline: `{baseline}`, an independent Gaussian per dimension.",
-        "",
-    ]
-    rows = []
-    for dataset, gs in sorted(by_dataset.items()):
-        gs.sort(key=lambda g: (g.model == baseline, g.experiment))
-        base = next((g for g in gs if g.model == baseline), None)
-        for g in gs:
-            verdict = "baseline" if g is base else (
-                _verdict_vs_baseline(g, base) if base else "no baseline run")  # fmt: skip
-            rows.append([
-                dataset, f"`{g.experiment}`", fmt(g.stat("test/nll")), fmt(g.stat("test/bpd")),
-                f"{int(g.tag('num_params')):,}", f"{_mean_wall(g):.1f} s", g.tag("device"), verdict,
-            ])  # fmt: skip
-    lines += _table(
-        ["dataset", "experiment", "test NLL (nats)", "test bpd", "params", "train time/seed",
-         "device", "vs baseline"], rows,
-    )  # fmt: skip
+    spec = meta.get("report")
+    if spec:  # the paper's own metrics (e.g. KL and ESS of variational fits)
+        lines += _metric_section(spec, by_dataset, profile)
+    else:
+        lines += _nll_section(by_dataset, profile, baseline)
 
     if "ablation" in meta:
         lines += _ablation_section(client, meta, groups, fig_dir, rel)
 
     lines += ["", "## Figures", ""]
     for dataset, gs in sorted(by_dataset.items()):
-        curves = _curves_figure(client, gs, dataset, fig_dir / f"{dataset}_curves.png")
+        curve_args = (spec["curve_metric"], spec["curve_label"]) if spec else ()
+        curves = _curves_figure(client, gs, dataset, fig_dir / f"{dataset}_curves.png",
+                                *curve_args)  # fmt: skip
         lines += [f"### {dataset}", "", f"![validation curves]({rel / curves.name})", ""]
         for g in gs:
             lines += _sample_figures(client, g, fig_dir, rel)
+            lines += _density_figure(client, g, fig_dir, rel)
     shutil.rmtree(fig_dir / "figures", ignore_errors=True)
 
     lines += _compute_lines(groups)

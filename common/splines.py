@@ -9,19 +9,16 @@ positive knot derivatives d_k. In bin k, with s_k = h_k / w_k and ξ = (x − x_
 
 and the inverse solves a quadratic in ξ (Eq. 6-8). On the circle (Rezende et al. 2020,
 Sec. 2.2) the interval is [0, 2π] on both sides and d_K = d_0, so the map and its derivative
-are periodic: a smooth diffeomorphism of the circle with f(0) = 0.
+are periodic: a smooth diffeomorphism of the circle with f(0) = 0 (common.circle.CircularSplineMap).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from common.bijector import Bijector
-from common.manifolds import TWO_PI, check_angles
-
-__all__ = ["CircularSpline", "rational_quadratic_spline", "spline_knots"]
+__all__ = ["rational_quadratic_spline", "spline_knots"]
 
 MIN_BIN = 1e-3  # smallest bin width/height, as a fraction of the interval
 MIN_DERIVATIVE = 1e-3
@@ -81,32 +78,3 @@ def rational_quadratic_spline(
     numer = s_k**2 * (d_k1 * xi**2 + 2 * s_k * xi * (1 - xi) + d_k * (1 - xi) ** 2)
     log_deriv = torch.log(numer) - 2 * torch.log(denom)
     return out, (-log_deriv if inverse else log_deriv)
-
-
-class CircularSpline(Bijector):
-    """A circular rational-quadratic spline on each of ``num_features`` angles: K bins on
-    [0, 2π] → [0, 2π], equal end derivatives d_K = d_0 (Rezende et al. 2020, Sec. 2.2).
-    ldj = Σ_d log f'(θ_d). Shapes: ``(B, D) → (B, D)``, angles in [0, 2π)."""
-
-    def __init__(self, num_features: int, num_bins: int) -> None:
-        super().__init__()
-        self.raw_widths = nn.Parameter(torch.zeros(num_features, num_bins))
-        self.raw_heights = nn.Parameter(torch.zeros(num_features, num_bins))
-        # softplus(0.5413) ≈ 1: close to the identity at init
-        self.raw_derivatives = nn.Parameter(torch.full((num_features, num_bins), 0.5413))
-
-    def _apply_spline(self, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        check_angles(theta)
-        raw_d = torch.cat([self.raw_derivatives, self.raw_derivatives[:, :1]], dim=-1)
-        shape = (*theta.shape, -1)
-        y, log_deriv = rational_quadratic_spline(
-            theta, self.raw_widths.expand(shape), self.raw_heights.expand(shape),
-            raw_d.expand(shape), (0.0, TWO_PI), inverse,
-        )  # fmt: skip
-        return y, log_deriv.sum(-1)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._apply_spline(x, inverse=False)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._apply_spline(z, inverse=True)

@@ -40,7 +40,16 @@ from common.flow import Flow
 from common.plotting import save_curves, save_density_2d, save_image_grid
 from common.tracking import NullTracker, git_state, write_metrics_json
 
-__all__ = ["NonFiniteLossError", "evaluate", "sample_figure_name", "train_and_evaluate"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainState",
+    "evaluate",
+    "make_optimizer",
+    "resolve_device",
+    "sample_figure_name",
+    "save_checkpoint",
+    "train_and_evaluate",
+]
 
 EVAL_SEED = 1234  # dequantization noise for validation/test: the same for every evaluation
 
@@ -119,7 +128,7 @@ def evaluate(model: Flow, x: Tensor, batch_size: int, device: torch.device) -> d
     }
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -127,7 +136,7 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, extra) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, extra) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -210,7 +219,7 @@ def train_and_evaluate(
     resolved = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
 
     data = load_dataset(cfg.data.name, cfg.data.root)
     if cfg.train.hflip and not data.is_image:
@@ -264,7 +273,7 @@ def train_and_evaluate(
     def checkpoint() -> None:
         state.wall_time_s = wall_before + time.perf_counter() - wall_start
         more = extra if polyak is None else {**extra, "polyak": polyak.averaged.state_dict()}
-        _save_checkpoint(last_ckpt, model, optimizer, scheduler, state, more)
+        save_checkpoint(last_ckpt, model, optimizer, scheduler, state, more)
 
     x_train = data.x_train
     model.train()

@@ -39,15 +39,30 @@ def experiments(paper, profile=PROFILE):
     return names
 
 
+def run_config(paper, profile, experiment):
+    return yaml.safe_load(experiment_config(paper, profile, experiment).read_text())
+
+
 def dataset_of(paper, profile, experiment):
-    cfg = yaml.safe_load(experiment_config(paper, profile, experiment).read_text())
-    return cfg["data"]["name"]
+    """The dataset an experiment reads, or None (a variational fit to an analytic target)."""
+    return run_config(paper, profile, experiment).get("data", {}).get("name")
+
+
+def data_inputs(paper, profile, experiment):
+    name = dataset_of(paper, profile, experiment)
+    return [str(dataset_path(name))] if name else []
+
+
+def gpu_jobs(paper, profile, experiment):
+    """1 for a paper-scale job whose config asks for a GPU (device: auto or cuda), else 0."""
+    device = run_config(paper, profile, experiment).get("device", "cpu")
+    return 1 if profile == "paper" and device != "cpu" else 0
 
 
 def online_datasets(profile=PROFILE):
     """Datasets that must be downloaded for this profile's experiments."""
     names = {dataset_of(p, profile, e) for p in PAPERS for e in experiments(p, profile)}
-    return sorted(n for n in names if DATASETS[n].download)
+    return sorted(n for n in names if n and DATASETS[n].download)
 
 
 def run_dir(profile, paper, experiment, seed):

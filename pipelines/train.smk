@@ -1,12 +1,14 @@
 # One training job per (profile, paper, experiment, seed). Run with `shell:` (not `script:`)
 # so the run records the git commit and Snakemake tracks the command. Paper-scale jobs ask
-# for a GPU; limit concurrent GPU jobs with --resources gpu=N (see pipelines/profiles/paper).
+# for a GPU if their config says `device: auto` or `cuda`; limit concurrent GPU jobs with
+# --resources gpu=N (see pipelines/profiles/paper). A run's inputs are its config and its
+# dataset (none for a variational fit to an analytic target).
 
 
 rule train:
     input:
         config=lambda wc: experiment_config(wc.paper, wc.profile, wc.experiment),
-        data=lambda wc: str(dataset_path(dataset_of(wc.paper, wc.profile, wc.experiment))),
+        data=lambda wc: data_inputs(wc.paper, wc.profile, wc.experiment),
         store=ancient(MLFLOW_DB),
     output:
         f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/metrics.json",
@@ -16,7 +18,7 @@ rule train:
         workdir=lambda wc: run_dir(wc.profile, wc.paper, wc.experiment, wc.seed),
     threads: 1
     resources:
-        gpu=lambda wc: 1 if wc.profile == "paper" else 0,
+        gpu=lambda wc: gpu_jobs(wc.paper, wc.profile, wc.experiment),
     shell:
         "{PY} -m papers.{wildcards.paper}.train --config {input.config}"
         " --set seed={wildcards.seed} --workdir {params.workdir}"

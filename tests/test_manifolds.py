@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common.bijector import InputOutsideDomainError
-from common.circle import MobiusMixture, mobius, omega_from_params
+from common.circle import CircleFlow, circle_map, mobius, omega_from_params
 from common.manifolds import (
     TWO_PI,
     UniformSphere,
@@ -60,7 +60,7 @@ def test_mobius_fixes_zero_is_monotone_and_inverts():
 
 def test_mobius_mixture_passes_invariance_check():
     torch.manual_seed(0)
-    layer = MobiusMixture(num_features=2, num_components=4)
+    layer = CircleFlow(2, circle_map("mobius", 4))
     theta = 0.2 + (TWO_PI - 0.4) * torch.rand(5, 2)  # away from the wrap point
     check_bijector(layer, theta, perturb_scale=0.5, atol=1e-7)
 
@@ -68,10 +68,10 @@ def test_mobius_mixture_passes_invariance_check():
 def test_mobius_mixture_density_integrates_to_one():
     """q(θ) = p_uniform(f(θ))·f'(θ) integrates to 1 over the circle (trapezoid, 20k nodes)."""
     torch.manual_seed(1)
-    layer = MobiusMixture(num_features=1, num_components=6).double()
+    layer = CircleFlow(1, circle_map("mobius", 6)).double()
     with torch.no_grad():
-        layer.w.normal_(std=10.0)  # |ω| near 1: strongly non-uniform
-        layer.logits.normal_()
+        layer.params[:, :12].normal_(std=10.0)  # |ω| near 1: strongly non-uniform
+        layer.params[:, 12:].normal_()
     theta = torch.linspace(0, TWO_PI, 20001, dtype=torch.float64)[:, None]
     y, ldj = layer(theta[:-1])
     density = torch.exp(UniformTorus(1).double().log_prob(y) + ldj)
@@ -82,7 +82,9 @@ def test_mobius_mixture_density_integrates_to_one():
 
 def test_mobius_mixture_inverse_tolerance_and_sampling_gradients():
     torch.manual_seed(2)
-    layer = MobiusMixture(3, 5, inverse_tol=1e-9).double()
+    from common.circle import MobiusMixtureMap
+
+    layer = CircleFlow(3, MobiusMixtureMap(5, inverse_tol=1e-9)).double()
     y = TWO_PI * torch.rand(64, 3, dtype=torch.float64)
     x, _ = layer.inverse(y)
     assert (layer(x)[0] - y).abs().max() < 1e-9
@@ -90,14 +92,12 @@ def test_mobius_mixture_inverse_tolerance_and_sampling_gradients():
     z = TWO_PI * torch.rand(8, 3, dtype=torch.float64)
     samples, ldj = layer(z)
     (samples.sum() + ldj.sum()).backward()
-    assert layer.w.grad.abs().sum() > 0 and layer.logits.grad.abs().sum() > 0
+    assert (layer.params.grad[:, :10] != 0).all() and (layer.params.grad[:, 10:] != 0).all()
 
 
 def perturbed_spline(num_features=2, num_bins=8, seed=0):
-    from common.splines import CircularSpline
-
     torch.manual_seed(seed)
-    layer = CircularSpline(num_features, num_bins).double()
+    layer = CircleFlow(num_features, circle_map("spline", num_bins)).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(torch.randn_like(p))
@@ -125,13 +125,10 @@ def test_circular_spline_is_a_smooth_circle_diffeomorphism():
 
 @pytest.mark.parametrize("kind", ["mobius", "ncp"])
 def test_mixtures_pass_the_check_and_normalise(kind):
-    from common.circle import NCPMixture
-
     torch.manual_seed(4)
-    cls = MobiusMixture if kind == "mobius" else NCPMixture
     theta = 0.2 + (TWO_PI - 0.4) * torch.rand(5, 2)
-    check_bijector(cls(2, 3), theta, perturb_scale=0.5, atol=1e-7)
-    layer = cls(1, 4).double()
+    check_bijector(CircleFlow(2, circle_map(kind, 3)), theta, perturb_scale=0.5, atol=1e-7)
+    layer = CircleFlow(1, circle_map(kind, 4)).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(std=2.0)

@@ -1,0 +1,40 @@
+"""``python -m papers.tori_spheres.train --config papers/tori_spheres/configs/cpu/<exp>.yaml``
+
+Fits one flow to one analytic target by reverse KL (common.variational) and evaluates it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from common.cli import run_cli
+from common.config import StrictModel, VariationalRunConfig, model_union
+from common.variational import train_reverse_kl
+from papers.tori_spheres.model import (
+    ExpMapModel,
+    RecursiveSphereModel,
+    TorusFlowModel,
+    build_model,
+)
+from papers.tori_spheres.targets import TargetName, make_target
+
+
+class TargetConfig(StrictModel):
+    name: TargetName
+
+
+class ToriSpheresConfig(VariationalRunConfig):
+    target: TargetConfig
+    model: model_union(TorusFlowModel, RecursiveSphereModel, ExpMapModel)  # type: ignore[valid-type]
+
+
+CONFIG = ToriSpheresConfig  # the config class of this paper's experiments (found by the tests)
+
+
+def main(argv: list[str] | None = None) -> None:
+    trainer = partial(train_reverse_kl, build_target=make_target)
+    run_cli(ToriSpheresConfig, build_model, argv, paper="tori_spheres", trainer=trainer)
+
+
+if __name__ == "__main__":
+    main()
