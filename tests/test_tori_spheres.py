@@ -229,3 +229,16 @@ def test_configs_are_checked(tmp_path):
 def test_uniform_torus_base_is_what_the_model_uses():
     model = build_model(TorusFlowModel(family="ncp"), TorusTarget("t2_unimodal"))
     assert isinstance(model.base, UniformTorus)
+
+
+def test_flows_reject_points_outside_their_domain():
+    from common.bijector import InputOutsideDomainError
+
+    torus = AutoregressiveTorusFlow(2, circle_map("mobius", 3))
+    with pytest.raises(InputOutsideDomainError, match=r"\[0, 2π\)"):
+        torus(torch.tensor([[1.0, 7.0]]))
+    for layer in sphere_layers().values():
+        with pytest.raises(InputOutsideDomainError, match="unit sphere"):
+            layer(torch.tensor([[1.0, 1.0, 0.0]]))
+    with pytest.raises(InputOutsideDomainError, match="unit sphere"):
+        SphereTarget().log_unnormalized(torch.tensor([[0.0, 0.0, 2.0]]))
