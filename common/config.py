@@ -26,6 +26,7 @@ __all__ = [
     "DiagonalGaussianModel",
     "KLTrainConfig",
     "OptimConfig",
+    "RunBase",
     "RunConfig",
     "ScheduleConfig",
     "StrictModel",
@@ -103,8 +104,8 @@ class DiagonalGaussianModel(StrictModel):
     )
 
 
-class RunConfig(StrictModel):
-    """Fields shared by every paper's runs. ``model`` is narrowed by each paper."""
+class RunBase(StrictModel):
+    """Fields every run of every paper has; ``model`` is narrowed by each paper."""
 
     paper: str
     experiment: str = Field(..., description="experiment name: unique within the paper")
@@ -112,6 +113,11 @@ class RunConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     threads: int = Field(1, gt=0, description="torch intra-op threads (1: parallel jobs)")
+
+
+class RunConfig(RunBase):
+    """A flow trained by maximum likelihood on a dataset."""
+
     data: DataConfig
     train: TrainConfig
     model: Any
@@ -138,16 +144,10 @@ class KLTrainConfig(StrictModel):
     schedule: ScheduleConfig = ScheduleConfig()
 
 
-class VariationalRunConfig(StrictModel):
+class VariationalRunConfig(RunBase):
     """A flow fitted to an analytic target by reverse KL: no dataset; ``target`` and ``model``
     are narrowed by each paper."""
 
-    paper: str
-    experiment: str = Field(..., description="experiment name: unique within the paper")
-    scale: Scale = Field(..., description="smoke (seconds), cpu (minutes), paper (GPU)")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    threads: int = Field(1, gt=0, description="torch intra-op threads (1: parallel jobs)")
     target: Any
     train: KLTrainConfig
     model: Any

@@ -114,7 +114,7 @@ def save_torus_density(
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("θ₁")
         ax.set_ylabel("θ₂")
-    fig.colorbar(im, ax=axes[:2], shrink=0.8, label="density (Lebesgue on [0, 2π)²)")
+    _colorbar(fig, im, axes[:2], "density (Lebesgue on [0, 2π)²)")
     for axis, (style, label) in enumerate((("-", "θ₁"), ("--", "θ₂"))):
         axes[2].plot(nodes, p.sum(1 - axis) * step, style, color="k", label=f"target, {label}")
         axes[2].plot(nodes, q.sum(1 - axis) * step, style, color="C1", label=f"model, {label}")
@@ -122,10 +122,7 @@ def save_torus_density(
     axes[2].set_xlabel("angle")
     axes[2].legend(fontsize=7)
     axes[2].grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _finish(fig, path, title)
 
 
 def save_sphere_density(
@@ -148,7 +145,15 @@ def save_sphere_density(
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    fig.colorbar(mesh, ax=fig.axes, shrink=0.7, label="density (surface measure)")
+    _colorbar(fig, mesh, fig.axes, "density (surface measure)")
+    return _finish(fig, path, title)
+
+
+def _colorbar(fig, mappable, axes, label: str) -> None:
+    fig.colorbar(mappable, ax=axes, shrink=0.75, label=label)
+
+
+def _finish(fig, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

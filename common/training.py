@@ -44,10 +44,12 @@ __all__ = [
     "NonFiniteLossError",
     "TrainState",
     "evaluate",
+    "load_checkpoint",
     "make_optimizer",
     "resolve_device",
     "sample_figure_name",
     "save_checkpoint",
+    "start_run",
     "train_and_evaluate",
 ]
 
@@ -200,6 +202,52 @@ class Polyak:
         return self.averaged.module
 
 
+def load_checkpoint(
+    path: Path, resolved: str, model, optimizer, scheduler
+) -> tuple[TrainState, str | None, dict[str, Any]]:
+    """Restore the model, optimizer, scheduler and RNG streams from the checkpoint ``path``;
+    return the training state, the MLflow run id and the raw checkpoint (for extras). Raises
+    ConfigError if the checkpoint was written by a different config (``resolved`` JSON)."""
+    # on the CPU first: load_state_dict copies into the model's (and optimizer's) devices
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("config") != resolved:
+        raise ConfigError(
+            f"{path.parent.parent} holds a checkpoint of a different config (see its "
+            "config.yaml); resume with the same config, or use another --workdir."
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["torch_rng"].cpu())
+    if ckpt.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
+    state = TrainState(**ckpt["state"])
+    print(f"resuming from {path} at step {state.step}")
+    return state, ckpt.get("run_id") or None, ckpt
+
+
+def start_run(
+    cfg, tracker, workdir: Path, run_id: str | None, *, dataset: str, data_md5: str,
+    num_params: int, device: torch.device,
+) -> str | None:  # fmt: skip
+    """Write ``config.yaml`` and start the MLflow run (or reopen ``run_id`` when resuming)
+    with the tags every run carries; returns the run id."""
+    save_config(cfg, workdir / "config.yaml")
+    commit, dirty = git_state()
+    tags = {
+        "paper": cfg.paper, "experiment": cfg.experiment, "scale": cfg.scale,
+        "seed": cfg.seed, "dataset": dataset, "model": cfg.model.name,
+        "git_commit": commit, "git_dirty": dirty, "data_md5": data_md5,
+        "num_params": num_params, "device": str(device),
+    }  # fmt: skip
+    params = flatten(cfg.model_dump(mode="json"))
+    new_run = run_id is None
+    run_id = tracker.start(f"{cfg.experiment}/seed{cfg.seed}", tags, params, run_id)
+    if new_run:
+        tracker.log_artifact(workdir / "config.yaml")
+    return run_id
+
+
 def train_and_evaluate(
     cfg: RunConfig,
     build_model: Callable[[Any, Dataset], Flow],
@@ -237,37 +285,13 @@ def train_and_evaluate(
     run_id = None
     resuming = last_ckpt.exists()
     if resuming:
-        ckpt = torch.load(last_ckpt, map_location=device, weights_only=True)
-        if ckpt.get("config") != resolved:
-            raise ConfigError(
-                f"{workdir} holds a checkpoint of a different config (see its config.yaml); "
-                "resume with the same config, or use another --workdir."
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        state, run_id, ckpt = load_checkpoint(last_ckpt, resolved, model, optimizer, scheduler)
         if polyak is not None:
             polyak.averaged.load_state_dict(ckpt["polyak"])
-        state = TrainState(**ckpt["state"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if ckpt.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
-        run_id = ckpt.get("run_id") or None
-        print(f"resuming from {last_ckpt} at step {state.step}")
-    save_config(cfg, workdir / "config.yaml")
-
-    commit, dirty = git_state()
-    tags = {
-        "paper": cfg.paper, "experiment": cfg.experiment, "scale": cfg.scale,
-        "seed": cfg.seed, "dataset": cfg.data.name, "model": cfg.model.name,
-        "git_commit": commit, "git_dirty": dirty, "data_md5": data.md5,
-        "num_params": num_params, "device": str(device),
-    }  # fmt: skip
-    run_id = tracker.start(
-        f"{cfg.experiment}/seed{cfg.seed}", tags, flatten(cfg.model_dump(mode="json")), run_id
-    )
-    if not resuming:
-        tracker.log_artifact(workdir / "config.yaml")
+    run_id = start_run(
+        cfg, tracker, workdir, run_id, dataset=cfg.data.name, data_md5=data.md5,
+        num_params=num_params, device=device,
+    )  # fmt: skip
     extra = {"run_id": run_id or "", "config": resolved}
 
     def checkpoint() -> None:

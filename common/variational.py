@@ -34,18 +34,20 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from common.config import ConfigError, VariationalRunConfig, flatten, save_config
+from common.config import VariationalRunConfig
 from common.flow import Flow
 from common.manifolds import sphere_grid, torus_grid
 from common.plotting import save_curves, save_sphere_density, save_torus_density
-from common.tracking import NullTracker, git_state, write_metrics_json
+from common.tracking import NullTracker, write_metrics_json
 from common.training import (
     NonFiniteLossError,
     TrainState,
+    load_checkpoint,
     lr_factor,
     make_optimizer,
     resolve_device,
     save_checkpoint,
+    start_run,
 )
 
 __all__ = ["Target", "density_on_grid", "kl_metrics", "train_reverse_kl"]
@@ -140,37 +142,12 @@ def train_reverse_kl(
     state = TrainState()
     last_ckpt = workdir / "checkpoints" / "last.pt"
     run_id = None
-    resuming = last_ckpt.exists()
-    if resuming:
-        ckpt = torch.load(last_ckpt, map_location=device, weights_only=True)
-        if ckpt.get("config") != resolved:
-            raise ConfigError(
-                f"{workdir} holds a checkpoint of a different config (see its config.yaml); "
-                "resume with the same config, or use another --workdir."
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = TrainState(**ckpt["state"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if ckpt.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
-        run_id = ckpt.get("run_id") or None
-        print(f"resuming from {last_ckpt} at step {state.step}")
-    save_config(cfg, workdir / "config.yaml")
-
-    commit, dirty = git_state()
-    tags = {
-        "paper": cfg.paper, "experiment": cfg.experiment, "scale": cfg.scale,
-        "seed": cfg.seed, "dataset": target.name, "model": cfg.model.name,
-        "git_commit": commit, "git_dirty": dirty, "data_md5": "analytic target",
-        "num_params": num_params, "device": str(device),
-    }  # fmt: skip
-    run_id = tracker.start(
-        f"{cfg.experiment}/seed{cfg.seed}", tags, flatten(cfg.model_dump(mode="json")), run_id
-    )
-    if not resuming:
-        tracker.log_artifact(workdir / "config.yaml")
+    if last_ckpt.exists():
+        state, run_id, _ = load_checkpoint(last_ckpt, resolved, model, optimizer, scheduler)
+    run_id = start_run(
+        cfg, tracker, workdir, run_id, dataset=target.name, data_md5="analytic target",
+        num_params=num_params, device=device,
+    )  # fmt: skip
     extra = {"run_id": run_id or "", "config": resolved}
     log_z = target.log_z if target.log_z is not None else 0.0
 

@@ -117,6 +117,17 @@ def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
     assert "--datasets cifar10 mnist" in out  # the data rule downloads what the profile needs
 
 
+def test_tori_spheres_paper_profile_is_the_cpu_protocol_without_a_gpu(clone):
+    """configs/paper links to configs/cpu: the same 20k-iteration jobs, no GPU, no data."""
+    result = snakemake(clone, "-n", "reproduce_tori_spheres", "--config", "profile=paper")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "runs/paper/tori_spheres/s2_emsre_24x1/seed0/metrics.json" in out
+    job = out[out.index("experiment=s2_mobius_spline") :].split("Shell command")[0]
+    assert "gpu=0" in job and "rule data:" not in out
+    assert "configs/paper/s2_mobius_spline.yaml" in out
+
+
 def test_bad_pipeline_config_is_rejected(clone):
     result = snakemake(clone, "-n", "reproduce_nice", "--config", "profile=huge")
     out = result.stdout + result.stderr
