@@ -126,8 +126,7 @@ def _verdict_vs_baseline(model: Group, baseline: Group) -> str:
 
 def _nll_section(by_dataset: dict[str, list[Group]], profile: str, baseline: str) -> list[str]:
     """Test NLL and bpd per experiment, each flow against the Gaussian baseline."""
-    lines: list[str] = []
-    lines += [
+    lines = [
         "",
         f"## Our experiments (scale: `{profile}`)",
         "",
@@ -152,7 +151,6 @@ def _nll_section(by_dataset: dict[str, list[Group]], profile: str, baseline: str
         ["dataset", "experiment", "test NLL (nats)", "test bpd", "params", "train time/seed",
          "device", "vs baseline"], rows,
     )  # fmt: skip
-
     return lines
 
 
