@@ -13,7 +13,7 @@ rule report:
         f"runs/logs/report_{PROFILE}_{{paper}}.log",
     localrule: True
     shell:
-        "{PY} -m common.reports paper --paper {wildcards.paper} --profile {PROFILE}"
+        "{PY} -m common.run.reports paper --paper {wildcards.paper} --profile {PROFILE}"
         " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.report}"
         " > {log} 2>&1"
 
@@ -30,6 +30,6 @@ rule report_index:
         f"runs/logs/report_{PROFILE}_index.log",
     localrule: True
     shell:
-        "{PY} -m common.reports index --papers {PAPERS} --profile {PROFILE}"
+        "{PY} -m common.run.reports index --papers {PAPERS} --profile {PROFILE}"
         " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.index}"
         " > {log} 2>&1"

@@ -8,4 +8,4 @@ rule mlflow_store:
         MLFLOW_DB,
     localrule: True
     shell:
-        "{PY} -m common.tracking init --tracking-uri {TRACKING_URI} --experiments {PAPERS}"
+        "{PY} -m common.run.tracking init --tracking-uri {TRACKING_URI} --experiments {PAPERS}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
 
-from common.bijector import (
+from common.flows.bijector import (
     Bijector,
     Compose,
     InputOutsideDomainError,
@@ -15,32 +17,48 @@ from common.bijector import (
     Permutation,
     Reverse,
 )
-from common.dequantize import Logit
-from common.layers import Coupling, ElementwiseAffine, Reshape, alternating_mask
-from common.logdet import LULinear
-from common.nets import MLP
-from common.testing import check_bijector
+from common.flows.coupling import Coupling, alternating_mask
+from common.flows.dequantize import Logit
+from common.flows.elementwise import (
+    Additive,
+    Affine,
+    LearnedBoundAffine,
+    RationalQuadraticSpline,
+    SigmoidAffine,
+)
+from common.flows.layers import ElementwiseAffine, Reshape
+from common.flows.logdet import LULinear
+from common.flows.nets import MLP
+from common.flows.testing import check_bijector
 
 D = 6
 
 
-def coupling(transform: str, context: int = 0, zero_init: bool = True) -> Coupling:
-    mask = alternating_mask(D, 0)
-    out = D // 2 if transform == "additive" else D
-    return Coupling(mask, MLP(D // 2 + context, out, 16, 2, "tanh", zero_init), transform)
+def coupling(elementwise=Affine, context: int = 0, zero_init: bool = True, mask=None):
+    mask = alternating_mask(D, 0) if mask is None else mask
+    return Coupling(mask, elementwise, lambda n_in, n_out: MLP(n_in, n_out, 16, 2, "tanh",
+                                                             zero_init), context)  # fmt: skip
 
+
+SPLINE = partial(RationalQuadraticSpline, num_bins=5, bound=1.5)
+IRREGULAR = torch.tensor([True, False, False, True, True, False])  # not a slice: indexed
 
 LAYERS = {
     "elementwise_affine": lambda: ElementwiseAffine(D),
     "elementwise_scale": lambda: ElementwiseAffine(D, shift=False),
     "permutation": lambda: Permutation.random(D, seed=3),
     "reverse": lambda: Reverse(D),
-    "additive_coupling": lambda: coupling("additive"),
-    "affine_coupling": lambda: coupling("affine"),
+    "additive_coupling": lambda: coupling(Additive),
+    "affine_coupling": lambda: coupling(Affine),
+    "unbounded_affine_coupling": lambda: coupling(partial(Affine, scale_bound=None)),
+    "learned_bound_affine_coupling": lambda: coupling(LearnedBoundAffine),
+    "sigmoid_affine_coupling": lambda: coupling(SigmoidAffine),
+    "spline_coupling": lambda: coupling(SPLINE),
+    "irregular_mask_coupling": lambda: coupling(Affine, mask=IRREGULAR),
     "lu_linear": lambda: LULinear(D, seed=1),
-    "inverse_of_coupling": lambda: Inverse(coupling("affine")),
+    "inverse_of_coupling": lambda: Inverse(coupling(Affine)),
     "compose": lambda: Compose(
-        ElementwiseAffine(D), coupling("additive"), Reverse(D), coupling("affine"), LULinear(D)
+        ElementwiseAffine(D), coupling(Additive), Reverse(D), coupling(Affine), LULinear(D)
     ),
 }
 
@@ -52,7 +70,7 @@ def test_core_bijectors_pass_invariance_check(name):
 
 
 def test_coupling_with_context():
-    check_bijector(coupling("affine", context=3), torch.randn(4, D), context=torch.randn(4, 3))
+    check_bijector(coupling(Affine, context=3), torch.randn(4, D), context=torch.randn(4, 3))
 
 
 def test_logit_passes_on_its_domain():
@@ -127,7 +145,7 @@ def test_check_bijector_catches_state_outside_buffers():
 
 def test_zero_initialised_layer_is_perturbed_first():
     # A zero-initialised coupling is the identity: with perturbation its ldj must be non-zero.
-    layer = coupling("affine", zero_init=True)
+    layer = coupling(Affine, zero_init=True)
     x = torch.randn(4, D)
     assert torch.allclose(layer(x)[0], x)
     result = check_bijector(layer, x)
@@ -162,4 +180,4 @@ def test_compose_accumulates_on_input_device_and_dtype():
 
 def test_coupling_mask_must_split():
     with pytest.raises(ValueError, match="some but not all"):
-        Coupling(torch.ones(4, dtype=torch.bool), nn.Identity())
+        Coupling(torch.ones(4, dtype=torch.bool), Affine, lambda n_in, n_out: nn.Identity())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import ConfigError, apply_overrides, load_config, save_config
+from common.run.config import ConfigError, apply_overrides, load_config, save_config
 from papers.nice.train import NiceConfig, main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import distributions as td
 
-from common.bijector import Compose, InputOutsideDomainError
-from common.dequantize import UniformDequantization, bits_per_dim
-from common.distributions import StandardLogistic, StandardNormal
-from common.flow import Flow
-from common.layers import ElementwiseAffine, Reshape
-from common.logdet import (
+from common.flows.bijector import Compose, InputOutsideDomainError
+from common.flows.dequantize import UniformDequantization, bits_per_dim
+from common.flows.distributions import StandardLogistic, StandardNormal
+from common.flows.flow import Flow
+from common.flows.layers import ElementwiseAffine, Reshape
+from common.flows.logdet import (
     LULinear,
     LUParametrization,
     hutchinson_trace,

@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 
-from common.bijector import InputOutsideDomainError
-from common.circle import CircleFlow, circle_map, mobius, omega_from_params
-from common.manifolds import (
+from common.flows.bijector import InputOutsideDomainError
+from common.flows.circle import CircleFlow, circle_map, mobius, omega_from_params
+from common.flows.manifolds import (
     TWO_PI,
     UniformSphere,
     UniformTorus,
     sphere_log_area,
     wrap_angle,
 )
-from common.testing import check_bijector
+from common.flows.testing import check_bijector
 
 
 def test_wrap_angle_and_domains():
@@ -82,7 +82,7 @@ def test_mobius_mixture_density_integrates_to_one():
 
 def test_mobius_mixture_inverse_tolerance_and_sampling_gradients():
     torch.manual_seed(2)
-    from common.circle import MobiusMixtureMap
+    from common.flows.circle import MobiusMixtureMap
 
     layer = CircleFlow(3, MobiusMixtureMap(5, inverse_tol=1e-9)).double()
     y = TWO_PI * torch.rand(64, 3, dtype=torch.float64)
@@ -143,7 +143,7 @@ def test_mixtures_pass_the_check_and_normalise(kind):
 
 
 def test_ncp_closed_forms_agree():
-    from common.circle import ncp
+    from common.flows.circle import ncp
 
     theta = torch.linspace(0.01, TWO_PI - 0.01, 101, dtype=torch.float64)
     log_alpha, beta = (

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.data import Dataset
-from common.testing import check_bijector
+from common.flows.testing import check_bijector
 from papers.nice.model import NiceModel, build_nice
 
 

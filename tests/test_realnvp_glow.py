@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.bijector import Compose, Permutation, Reverse
-from common.config import ConfigError, load_config
 from common.data import Dataset, load_dataset
-from common.image import ActNorm, BatchNorm, ImageCoupling, InvertibleConv1x1, Split, Squeeze
-from common.layers import ElementwiseAffine
-from common.testing import check_bijector
+from common.flows.bijector import Compose, Permutation, Reverse
+from common.flows.coupling import ImageCoupling
+from common.flows.elementwise import LearnedBoundAffine, SigmoidAffine
+from common.flows.image import ActNorm, BatchNorm, InvertibleConv1x1, Split, Squeeze
+from common.flows.layers import ElementwiseAffine
+from common.flows.testing import check_bijector
+from common.run.config import ConfigError, load_config
 from papers.glow.model import GlowModel, build_glow
 from papers.glow.train import GlowConfig
 from papers.realnvp.model import RealNVPModel, build_realnvp
@@ -90,7 +92,7 @@ def test_realnvp_architecture_follows_the_paper():
     assert masks == [("checkerboard", 3)] * 3 + [("channel", 12)] * 3 + \
         [("checkerboard", 6)] * 3 + [("channel", 24)] * 3 + [("checkerboard", 12)] * 4  # fmt: skip
     assert [c.parity for c in couplings[:6]] == [0, 1, 0, 0, 1, 0]
-    assert all(c.transform == "affine" and c.scale_fn == "exp_tanh" for c in couplings)
+    assert all(isinstance(c.map, LearnedBoundAffine) for c in couplings)
     layers = list(leaves(flow.transform))
     assert sum(isinstance(layer, BatchNorm) for layer in layers) == len(couplings)
     assert sum(isinstance(layer, Split) for layer in layers) == 2
@@ -107,7 +109,7 @@ def test_glow_architecture_follows_the_paper():
     assert len(steps) == 3 * 3
     for _, conv, coupling in steps:  # ActNorm → 1×1 conv → affine coupling
         assert isinstance(conv, InvertibleConv1x1) and conv.lu is not None
-        assert coupling.mask == "channel" and coupling.scale_fn == "sigmoid"
+        assert coupling.mask == "channel" and isinstance(coupling.map, SigmoidAffine)
     widths = [step[0].bias.numel() for step in steps]
     assert widths == [12] * 3 + [24] * 3 + [48] * 3
     assert all(s.prior_net is not None for s in layers if isinstance(s, Split))  # learned

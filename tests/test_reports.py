@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from common.reports import Group, _ablation_verdict, _separated
+from common.run.reports import Group, _ablation_verdict, _separated
 
 
 def group(name: str, values: list[float]) -> Group:

@@ -7,20 +7,20 @@ import math
 import pytest
 import torch
 
-from common.bijector import Compose
-from common.circle import circle_map
-from common.config import ConfigError, load_config
-from common.manifolds import TWO_PI, UniformSphere, UniformTorus, sphere_grid, torus_grid
-from common.sphere import (
+from common.flows.bijector import Compose
+from common.flows.circle import circle_map
+from common.flows.manifolds import TWO_PI, UniformSphere, UniformTorus, sphere_grid, torus_grid
+from common.flows.sphere import (
     ExpMapFlow,
     InCylindricalCoordinates,
     QuadraticPotential,
     RadialPotential,
     RecursiveSphereFlow,
 )
-from common.testing import check_bijector, perturb_parameters
-from common.torus import AutoregressiveTorusFlow
-from common.variational import density_on_grid, kl_metrics, train_reverse_kl
+from common.flows.testing import check_bijector, perturb_parameters
+from common.flows.torus import AutoregressiveTorusFlow
+from common.run.config import ConfigError, load_config
+from common.run.variational import density_on_grid, kl_metrics, train_reverse_kl
 from papers.tori_spheres.model import TorusFlowModel, build_model
 from papers.tori_spheres.targets import S2_MODES, SphereTarget, TorusTarget, make_target
 from papers.tori_spheres.train import ToriSpheresConfig
@@ -92,8 +92,8 @@ def test_torus_flow_density_integrates_to_one(family):
 
 @pytest.mark.parametrize("name", ["recursive", "emsre", "emp"])
 def test_sphere_flow_density_integrates_to_one(name):
-    from common.bijector import Inverse
-    from common.flow import Flow
+    from common.flows.bijector import Inverse
+    from common.flows.flow import Flow
 
     flow = Flow(Inverse(_perturbed(sphere_layers()[name], 0.5, seed=6)), UniformSphere(2))
     flow = flow.double()
@@ -141,8 +141,8 @@ def test_targets_log_normalisers_and_mode_correction():
 def test_kl_of_the_uniform_flow_matches_the_closed_form():
     """q uniform on T² (a coordinate swap of the uniform base), p the unimodal target:
     KL(q‖p) = log Z − 2 log 2π − E_q[log p̃] = 2 log I₀(1), as E_q[cos(θ − a)] = 0."""
-    from common.bijector import Reverse
-    from common.flow import Flow
+    from common.flows.bijector import Reverse
+    from common.flows.flow import Flow
 
     torch.manual_seed(7)
     uniform = Flow(Reverse(2), UniformTorus(2)).double()
@@ -232,7 +232,7 @@ def test_uniform_torus_base_is_what_the_model_uses():
 
 
 def test_flows_reject_points_outside_their_domain():
-    from common.bijector import InputOutsideDomainError
+    from common.flows.bijector import InputOutsideDomainError
 
     torus = AutoregressiveTorusFlow(2, circle_map("mobius", 3))
     with pytest.raises(InputOutsideDomainError, match=r"\[0, 2π\)"):

@@ -6,8 +6,8 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from common.tracking import Tracker, init_store, sqlite_uri
-from common.training import train_and_evaluate
+from common.run.tracking import Tracker, init_store, sqlite_uri
+from common.run.training import train_and_evaluate
 from papers.nice.model import build_model
 from tests.test_training import make_cfg
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from common.config import ConfigError, ScheduleConfig
-from common.layers import ElementwiseAffine
-from common.training import (
+from common.flows.layers import ElementwiseAffine
+from common.run.config import ConfigError, ScheduleConfig
+from common.run.training import (
     NonFiniteLossError,
     batch_indices,
     lr_factor,

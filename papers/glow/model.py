@@ -26,16 +26,18 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from common.baselines import with_baseline
-from common.bijector import Bijector, Compose, Permutation, Reverse
-from common.config import ConfigError, StrictModel
 from common.data import Dataset
-from common.dequantize import UniformDequantization
-from common.distributions import StandardNormal
-from common.flow import Flow
-from common.image import ActNorm, ImageCoupling, InvertibleConv1x1, Split, Squeeze
-from common.layers import ElementwiseAffine, Reshape
-from common.nets import GlowConditioner
+from common.flows.bijector import Bijector, Compose, Permutation, Reverse
+from common.flows.coupling import ImageCoupling
+from common.flows.dequantize import UniformDequantization
+from common.flows.distributions import StandardNormal
+from common.flows.elementwise import Additive, SigmoidAffine
+from common.flows.flow import Flow
+from common.flows.image import ActNorm, InvertibleConv1x1, Split, Squeeze
+from common.flows.layers import ElementwiseAffine, Reshape
+from common.flows.nets import GlowConditioner
+from common.run.baselines import with_baseline
+from common.run.config import ConfigError, StrictModel
 
 __all__ = ["GlowModel", "build_glow", "build_model"]
 
@@ -67,13 +69,14 @@ def _permutation(num_channels: int, kind: str) -> Bijector:
 
 def _step(num_channels: int, cfg: GlowModel) -> list[Bijector]:
     """ActNorm → permutation → coupling on ``num_channels`` channels."""
-    n_in, n_out = num_channels // 2, num_channels - num_channels // 2
-    net = GlowConditioner(n_in, n_out * (2 if cfg.coupling == "affine" else 1), cfg.hidden_channels)
-    return [
-        ActNorm(num_channels),
-        _permutation(num_channels, cfg.permutation),
-        ImageCoupling(num_channels, net, "channel", 0, cfg.coupling, "sigmoid"),
-    ]
+
+    def net(n_in: int, n_out: int) -> GlowConditioner:
+        return GlowConditioner(n_in, n_out, cfg.hidden_channels)
+
+    elementwise = SigmoidAffine if cfg.coupling == "affine" else Additive
+    # built first, so that its network draws its initial weights before the permutation does
+    coupling = ImageCoupling(num_channels, elementwise, net)
+    return [ActNorm(num_channels), _permutation(num_channels, cfg.permutation), coupling]
 
 
 def _level(shape: tuple[int, int, int], level: int, cfg: GlowModel) -> Bijector:

@@ -18,14 +18,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from common.baselines import data_preprocessing, with_baseline
-from common.bijector import Compose
-from common.config import StrictModel
 from common.data import Dataset
-from common.distributions import StandardLogistic, StandardNormal
-from common.flow import Flow
-from common.layers import Coupling, ElementwiseAffine, alternating_mask
-from common.nets import MLP
+from common.flows.bijector import Compose
+from common.flows.coupling import Coupling, alternating_mask
+from common.flows.distributions import StandardLogistic, StandardNormal
+from common.flows.elementwise import Additive
+from common.flows.flow import Flow
+from common.flows.layers import ElementwiseAffine
+from common.flows.nets import MLP
+from common.run.baselines import data_preprocessing, with_baseline
+from common.run.config import StrictModel
 
 __all__ = ["NiceModel", "build_model", "build_nice"]
 
@@ -44,11 +46,13 @@ class NiceModel(StrictModel):
 def build_nice(cfg: NiceModel, data: Dataset) -> Flow:
     dequant, layers = data_preprocessing(data)  # dequantize to [0, 1), flatten to (B, D)
     d = data.num_dims
+
+    def mlp(n_in: int, n_out: int) -> MLP:
+        return MLP(n_in, n_out, cfg.hidden_features, cfg.num_hidden, cfg.activation)
+
     for k in range(cfg.num_couplings):
         mask = alternating_mask(d, parity=k % 2)  # unchanged half: even, then odd, ...
-        d_in, d_out = int(mask.sum()), d - int(mask.sum())
-        net = MLP(d_in, d_out, cfg.hidden_features, cfg.num_hidden, cfg.activation)
-        layers.append(Coupling(mask, net, transform="additive"))
+        layers.append(Coupling(mask, Additive, mlp))
     layers.append(ElementwiseAffine(d, shift=False))  # S = diag(exp s), Sec. 3.3
     base = StandardLogistic(d) if cfg.prior == "logistic" else StandardNormal(d)
     return Flow(Compose(*layers), base, dequant)

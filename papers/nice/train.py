@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.cli import run_cli
-from common.config import DiagonalGaussianModel, RunConfig, model_union
+from common.run.cli import run_cli
+from common.run.config import DiagonalGaussianModel, RunConfig, model_union
 from papers.nice.model import NiceModel, build_model
 
 

@@ -25,16 +25,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from common.baselines import with_baseline
-from common.bijector import Bijector, Compose
-from common.config import ConfigError, StrictModel
 from common.data import Dataset
-from common.dequantize import Logit, UniformDequantization
-from common.distributions import StandardNormal
-from common.flow import Flow
-from common.image import BatchNorm, ImageCoupling, Split, Squeeze
-from common.layers import Coupling, Reshape, alternating_mask
-from common.nets import MLP, ResNetConditioner
+from common.flows.bijector import Bijector, Compose
+from common.flows.coupling import Coupling, ImageCoupling, alternating_mask
+from common.flows.dequantize import Logit, UniformDequantization
+from common.flows.distributions import StandardNormal
+from common.flows.elementwise import Affine, LearnedBoundAffine
+from common.flows.flow import Flow
+from common.flows.image import BatchNorm, Split, Squeeze
+from common.flows.layers import Reshape
+from common.flows.nets import MLP, ResNetConditioner
+from common.run.baselines import with_baseline
+from common.run.config import ConfigError, StrictModel
 
 __all__ = ["RealNVPMLPModel", "RealNVPModel", "build_model", "build_realnvp", "build_realnvp_mlp"]
 
@@ -65,12 +67,13 @@ class RealNVPMLPModel(StrictModel):
 
 
 def _coupling(num_channels: int, mask: str, parity: int, cfg: RealNVPModel) -> list[Bijector]:
-    half = num_channels // 2
-    n_in, n_out = (num_channels, num_channels) if mask == "checkerboard" else (
-        half, num_channels - half)  # fmt: skip
-    net = ResNetConditioner(n_in, 2 * n_out, cfg.hidden_channels, cfg.num_blocks,
-                            cfg.batch_norm, cfg.scale_l2)  # fmt: skip
-    layers: list[Bijector] = [ImageCoupling(num_channels, net, mask, parity, "affine", "exp_tanh")]
+    def resnet(n_in: int, n_out: int) -> ResNetConditioner:
+        return ResNetConditioner(n_in, n_out, cfg.hidden_channels, cfg.num_blocks,
+                                 cfg.batch_norm, cfg.scale_l2)  # fmt: skip
+
+    layers: list[Bijector] = [
+        ImageCoupling(num_channels, LearnedBoundAffine, resnet, mask, parity)  # s = a·tanh(ŝ)
+    ]
     if cfg.batch_norm:
         layers.append(BatchNorm(num_channels))
     return layers
@@ -110,12 +113,13 @@ def build_realnvp_mlp(cfg: RealNVPMLPModel, data: Dataset) -> Flow:
     if data.is_image or data.num_levels:
         raise ConfigError(f"realnvp_mlp is the model for continuous vectors, not {data.name!r}")
     d = data.num_dims
+
+    def mlp(n_in: int, n_out: int) -> MLP:
+        return MLP(n_in, n_out, cfg.hidden_features, cfg.num_hidden, zero_init=True)
+
     layers: list[Bijector] = []
     for k in range(cfg.num_couplings):
-        mask = alternating_mask(d, parity=k % 2)
-        d_in = int(mask.sum())
-        net = MLP(d_in, 2 * (d - d_in), cfg.hidden_features, cfg.num_hidden, zero_init=True)
-        layers.append(Coupling(mask, net, transform="affine"))
+        layers.append(Coupling(alternating_mask(d, parity=k % 2), Affine, mlp))
         if cfg.batch_norm:
             layers.append(BatchNorm(d))
     return Flow(Compose(*layers), StandardNormal(d))

@@ -15,13 +15,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from common.bijector import Compose, Inverse, Reverse
-from common.circle import circle_map
-from common.config import ConfigError, StrictModel
-from common.flow import Flow
-from common.manifolds import UniformSphere, UniformTorus
-from common.sphere import ExpMapFlow, QuadraticPotential, RadialPotential, RecursiveSphereFlow
-from common.torus import AutoregressiveTorusFlow
+from common.flows.bijector import Compose, Inverse, Reverse
+from common.flows.circle import circle_map
+from common.flows.flow import Flow
+from common.flows.manifolds import UniformSphere, UniformTorus
+from common.flows.sphere import ExpMapFlow, QuadraticPotential, RadialPotential, RecursiveSphereFlow
+from common.flows.torus import AutoregressiveTorusFlow
+from common.run.config import ConfigError, StrictModel
 
 __all__ = ["ExpMapModel", "RecursiveSphereModel", "TorusFlowModel", "build_model"]
 

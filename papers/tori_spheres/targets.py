@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from common.manifolds import check_angles, check_sphere
+from common.flows.manifolds import check_angles, check_sphere
 
 __all__ = ["S2_MODES", "SphereTarget", "TorusTarget", "make_target"]
 

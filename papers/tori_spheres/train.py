@@ -1,15 +1,15 @@
 """``python -m papers.tori_spheres.train --config papers/tori_spheres/configs/cpu/<exp>.yaml``
 
-Fits one flow to one analytic target by reverse KL (common.variational) and evaluates it.
+Fits one flow to one analytic target by reverse KL (common.run.variational) and evaluates it.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-from common.cli import run_cli
-from common.config import StrictModel, VariationalRunConfig, model_union
-from common.variational import train_reverse_kl
+from common.run.cli import run_cli
+from common.run.config import StrictModel, VariationalRunConfig, model_union
+from common.run.variational import train_reverse_kl
 from papers.tori_spheres.model import (
     ExpMapModel,
     RecursiveSphereModel,

@@ -9,7 +9,8 @@ positive knot derivatives d_k. In bin k, with s_k = h_k / w_k and ξ = (x − x_
 
 and the inverse solves a quadratic in ξ (Eq. 6-8). On the circle (Rezende et al. 2020,
 Sec. 2.2) the interval is [0, 2π] on both sides and d_K = d_0, so the map and its derivative
-are periodic: a smooth diffeomorphism of the circle with f(0) = 0 (common.circle.CircularSplineMap).
+are periodic: a smooth diffeomorphism of the circle with f(0) = 0
+(:class:`common.flows.circle.CircularSplineMap`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU
 
 class MLP(nn.Module):
     """``in_features → [hidden_features] × num_hidden → out_features`` with an activation between
-    layers; ``zero_init`` zeroes the last layer so the enclosing coupling starts as the identity.
+    layers; ``zero_init`` zeroes the output layer so the enclosing coupling starts as the
+    identity (see :meth:`init_output` for other starts).
 
     Shapes: ``(B, in_features) → (B, out_features)``.
     """
@@ -34,11 +35,20 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(w_in, w_out), _ACTIVATIONS[activation]()]
-        last = nn.Linear(widths[-1], out_features)
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], out_features))
         if zero_init:
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+            self.init_output(weight_scale=0.0, bias=torch.zeros(out_features))
+
+    @torch.no_grad()
+    def init_output(self, weight_scale: float, bias: Tensor) -> MLP:
+        """Start the output layer at ``weight_scale`` × its default weights and ``bias``: zero
+        and zeros make the enclosing layer the identity; a small scale and a map's near-identity
+        parameters (torus, sphere flows) start it near the identity, inputs still distinguishable.
+        Returns the network."""
+        last = self.net[-1]
+        last.weight.mul_(weight_scale)
+        last.bias.copy_(bias)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

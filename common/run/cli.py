@@ -1,7 +1,7 @@
 """The entry point every paper shares: ``python -m papers.<paper>.train --config FILE [--set k=v]``.
 
 It parses, validates the config before any compute, and calls
-:func:`common.training.train_and_evaluate` (or the paper's ``trainer``, e.g. reverse-KL
+:func:`common.run.training.train_and_evaluate` (or the paper's ``trainer``, e.g. reverse-KL
 training for the tori and spheres paper). Known failures (bad config, missing data, NaNs)
 end with a one-paragraph message and a non-zero exit, not a traceback.
 """
@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, RunConfig, load_config
 from common.data import ChecksumError, Dataset, DatasetNotFoundError
-from common.flow import Flow
-from common.tracking import NullTracker, Tracker, default_tracking_uri
-from common.training import NonFiniteLossError, train_and_evaluate
+from common.flows.flow import Flow
+from common.run.config import ConfigError, RunConfig, load_config
+from common.run.tracking import NullTracker, Tracker, default_tracking_uri
+from common.run.training import NonFiniteLossError, train_and_evaluate
 
 __all__ = ["run_cli"]
 

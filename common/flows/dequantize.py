@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from common.bijector import Bijector, InputOutsideDomainError, sum_except_batch
+from common.flows.bijector import Bijector, InputOutsideDomainError, sum_except_batch
 
 __all__ = ["Logit", "UniformDequantization", "bits_per_dim"]
 

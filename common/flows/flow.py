@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from common.bijector import Bijector
-from common.distributions import BaseDistribution
+from common.flows.bijector import Bijector
+from common.flows.distributions import BaseDistribution
 
 __all__ = ["Flow", "LogProb"]
 

@@ -16,7 +16,7 @@ log Z (an unbiased estimate of KL(q ‖ p), never below 0 in expectation; the im
 KL is biased low). The density of the trained flow is also integrated by quadrature over the
 whole manifold (``test/quadrature_mass``, 1 for a correct log-determinant).
 
-Determinism and resume work as in :mod:`common.training`: every random draw of training comes
+Determinism and resume work as in :mod:`common.run.training`: every random draw of training comes
 from the global torch RNG, whose state is checkpointed; evaluations run under a forked RNG
 with a fixed seed.
 """
@@ -34,12 +34,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from common.config import VariationalRunConfig
-from common.flow import Flow
-from common.manifolds import sphere_grid, torus_grid
-from common.plotting import save_curves, save_sphere_density, save_torus_density
-from common.tracking import NullTracker, write_metrics_json
-from common.training import (
+from common.flows.flow import Flow
+from common.flows.manifolds import sphere_grid, torus_grid
+from common.run.config import VariationalRunConfig
+from common.run.plotting import save_curves, save_sphere_density, save_torus_density
+from common.run.tracking import NullTracker, write_metrics_json
+from common.run.training import (
     NonFiniteLossError,
     TrainState,
     load_checkpoint,
@@ -93,7 +93,7 @@ def density_on_grid(
     log_density: Callable[[Tensor], Tensor], manifold: str, n: int, batch_size: int = 20000
 ) -> tuple[Tensor, float, dict[str, Tensor]]:
     """log density at the midpoint grid of ``manifold`` (n nodes per coordinate; see
-    :func:`common.manifolds.torus_grid` / ``sphere_grid``), reshaped ``(n, n)``, the
+    :func:`common.flows.manifolds.torus_grid` / ``sphere_grid``), reshaped ``(n, n)``, the
     quadrature of its exponential (the mass), and the grid's coordinates."""
     points, cell, coords = torus_grid(n) if manifold == "torus" else sphere_grid(n)
     values = torch.cat([log_density(chunk) for chunk in points.split(batch_size)])

@@ -22,7 +22,7 @@ paper makes them expressive by f(θ) = Σ_k π_k f_{ω_k}(θ), π on the simplex
 with f' = Σ_k π_k f_{ω_k}'; its inverse has no closed form and is found by bisection.
 
 **Circular rational-quadratic spline** (Sec. 2.2): K bins on [0, 2π] → [0, 2π] with equal end
-derivatives d_K = d_0, so the map and its derivative are periodic (see common.splines).
+derivatives d_K = d_0, so the map and its derivative are periodic (see common.flows.splines).
 
 **Non-compact projection** (NCP, Sec. 2.3): θ ↦ tan(θ/2) to the real line, an increasing
 affine map there, and back with 2·arctan; mixed like the Möbius maps.
@@ -33,9 +33,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.bijector import Bijector
-from common.manifolds import TWO_PI, check_angles, wrap_angle
-from common.splines import rational_quadratic_spline
+from common.flows.bijector import Bijector
+from common.flows.manifolds import TWO_PI, check_angles, wrap_angle
+from common.flows.splines import rational_quadratic_spline
 
 __all__ = [
     "CircleFlow",

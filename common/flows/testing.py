@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.bijector import Bijector
-from common.logdet import jacobian_logabsdet
+from common.flows.bijector import Bijector
+from common.flows.logdet import jacobian_logabsdet
 
 __all__ = ["BijectorCheck", "check_bijector", "perturb_parameters"]
 

@@ -3,13 +3,11 @@ RealNVP (Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803) and Glow (Kingma 
 2018, arXiv:1807.03039).
 
 - :class:`Squeeze`: space to channels, ``(C, H, W) → (4C, H/2, W/2)``;
-- :func:`checkerboard_mask` and :class:`ImageCoupling` (checkerboard or channel masks; additive,
-  RealNVP-affine or Glow-affine);
 - :class:`ActNorm`, :class:`InvertibleConv1x1` (plain or LU), :class:`BatchNorm`;
 - :class:`Split`: the multi-scale factor-out, with a fixed or a learned conditional prior.
 
-Every layer follows the contract of :mod:`common.bijector` (data → latent, ``ldj`` of shape
-``(B,)`` summed over channels *and* positions) and passes ``common.testing.check_bijector``.
+Every layer follows the contract of :mod:`common.flows.bijector` (data → latent, ``ldj`` of shape
+``(B,)`` summed over channels *and* positions) and passes ``common.flows.testing.check_bijector``.
 """
 
 from __future__ import annotations
@@ -17,21 +15,18 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.bijector import Bijector, InputOutsideDomainError, sum_except_batch
-from common.logdet import LUParametrization
-from common.nets import ZeroConv2d
+from common.flows.bijector import Bijector, InputOutsideDomainError, sum_except_batch
+from common.flows.logdet import LUParametrization
+from common.flows.nets import ZeroConv2d
 
 __all__ = [
     "ActNorm",
     "BatchNorm",
-    "ImageCoupling",
     "InvertibleConv1x1",
     "Split",
     "Squeeze",
-    "checkerboard_mask",
 ]
 
 
@@ -68,116 +63,6 @@ class Squeeze(Bijector):
         B, C4, H, W = z.shape
         x = z.reshape(B, C4 // 4, 2, 2, H, W).permute(0, 1, 4, 2, 5, 3)  # (B, C, H, 2, W, 2)
         return x.reshape(B, C4 // 4, 2 * H, 2 * W), z.new_zeros(B)
-
-
-def checkerboard_mask(height: int, width: int, parity: int) -> Tensor:
-    """``(1, 1, H, W)`` boolean mask, True where (i + j) % 2 == parity: the positions a
-    checkerboard coupling leaves unchanged (RealNVP Sec. 3.4, Fig. 2)."""
-    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return ((i + j) % 2 == parity)[None, None]
-
-
-Transform = Literal["additive", "affine"]
-ScaleFn = Literal["exp_tanh", "sigmoid"]
-
-
-class ImageCoupling(Bijector):
-    """A coupling layer on images. The unchanged part x₁ conditions an elementwise map of
-    the rest, x₂; with (h_s, t) = NN(x₁):
-
-        additive (NICE; Glow ablation):       z₂ = x₂ + t                 ldj = 0
-        affine, ``exp_tanh`` (RealNVP Eq. 7):  z₂ = x₂ · exp(s) + t,  s = a_c · tanh(h_s)
-        affine, ``sigmoid`` (Glow code):       z₂ = (x₂ + t) · σ(h_s + 2)
-                                              ldj = Σ log scale over x₂'s coordinates
-
-    a_c is a learned per-channel bound on the log-scale (initialised to 1); σ(h + 2) ≈ 0.88
-    at init and never exceeds 1, which is why the Glow authors preferred it to exp.
-
-    ``mask='checkerboard'``: x₁ is the positions where (i + j) % 2 == ``parity``; NN sees the
-    masked image ``x ⊙ m`` (all C channels) and returns params for every position, of which
-    only the others are used. ``mask='channel'``: x₁ is the first half of the channels
-    (``parity`` 0) or the second (``parity`` 1); NN maps ``(B, C₁, H, W)`` to the params of
-    the other ``C − C₁`` channels (C₁ = ⌊C/2⌋).
-
-    ``conditioner`` output channels: ``n`` (additive) or ``2n`` (affine: scale then shift),
-    with n = C (checkerboard) or C − C₁ (channel). Shapes: ``(B, C, H, W) → (B, C, H, W)``.
-    """
-
-    def __init__(
-        self,
-        num_channels: int,
-        conditioner: nn.Module,
-        mask: Literal["checkerboard", "channel"] = "channel",
-        parity: int = 0,
-        transform: Transform = "affine",
-        scale_fn: ScaleFn = "exp_tanh",
-    ) -> None:
-        super().__init__()
-        if mask not in ("checkerboard", "channel") or parity not in (0, 1):
-            raise ValueError(f"mask must be checkerboard|channel and parity 0|1: {mask}, {parity}")
-        if transform not in ("additive", "affine") or scale_fn not in ("exp_tanh", "sigmoid"):
-            raise ValueError(f"unknown coupling transform {transform!r} / scale_fn {scale_fn!r}")
-        if mask == "channel" and num_channels < 2:
-            raise ValueError("a channel coupling needs at least 2 channels")
-        self.num_channels, self.mask, self.parity = num_channels, mask, parity
-        self.transform, self.scale_fn = transform, scale_fn
-        self.conditioner = conditioner
-        half, rest = num_channels // 2, num_channels - num_channels // 2  # |x₁|, |x₂|
-        self.split_sizes = (half, rest) if parity == 0 else (rest, half)
-        n_out = num_channels if mask == "checkerboard" else rest
-        if transform == "affine" and scale_fn == "exp_tanh":
-            self.log_scale_bound = nn.Parameter(torch.ones(n_out))  # a_c of RealNVP's s
-        else:
-            self.log_scale_bound = None
-
-    def _scale_shift(self, x1: Tensor) -> tuple[Tensor | None, Tensor]:
-        """(log scale, shift) of x₂ given x₁ (log scale is None for additive couplings)."""
-        h = self.conditioner(x1)
-        if self.transform == "additive":
-            return None, h
-        h_s, t = h.chunk(2, dim=1)
-        if self.scale_fn == "sigmoid":
-            return F.logsigmoid(h_s + 2.0), t
-        return _per_channel(self.log_scale_bound, h_s) * torch.tanh(h_s), t
-
-    def _mask(self, x: Tensor) -> Tensor:
-        m = checkerboard_mask(x.shape[2], x.shape[3], self.parity).to(x.device)
-        return m.to(x.dtype)  # (1, 1, H, W): 1 on x₁
-
-    def _check(self, x: Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.num_channels:
-            raise InputOutsideDomainError(
-                f"ImageCoupling({self.num_channels} channels) got shape {tuple(x.shape)}"
-            )
-
-    def _map(self, x2: Tensor, log_s: Tensor | None, t: Tensor, inverse: bool) -> Tensor:
-        if log_s is None:
-            return x2 - t if inverse else x2 + t
-        if self.scale_fn == "sigmoid":  # z = (x + t)·s
-            return x2 * (-log_s).exp() - t if inverse else (x2 + t) * log_s.exp()
-        return (x2 - t) * (-log_s).exp() if inverse else x2 * log_s.exp() + t  # z = x·s + t
-
-    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._check(x)
-        if self.mask == "checkerboard":
-            m = self._mask(x)
-            log_s, t = self._scale_shift(x * m)
-            y = m * x + (1 - m) * self._map(x, log_s, t, inverse)
-            ldj = x.new_zeros(x.shape[0]) if log_s is None else sum_except_batch((1 - m) * log_s)
-        else:
-            a, b = x.split(self.split_sizes, dim=1)
-            x1, x2 = (a, b) if self.parity == 0 else (b, a)  # parity 1: x₁ is the second block
-            log_s, t = self._scale_shift(x1)
-            y2 = self._map(x2, log_s, t, inverse)
-            y = torch.cat([x1, y2] if self.parity == 0 else [y2, x1], dim=1)
-            ldj = x.new_zeros(x.shape[0]) if log_s is None else sum_except_batch(log_s)
-        return y, (-ldj if inverse else ldj)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, inverse=False)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(z, inverse=True)
 
 
 class ActNorm(Bijector):
@@ -225,7 +110,7 @@ class InvertibleConv1x1(Bijector):
         ldj = H · W · log |det W|.
 
     ``lu=False``: W is a free ``(C, C)`` matrix (O(C³) log-det); ``lu=True``: W = P·L·(U +
-    diag(s)) (:class:`~common.logdet.LUParametrization`), log |det W| = Σ log |s| in O(C).
+    diag(s)) (:class:`~common.flows.logdet.LUParametrization`), log |det W| = Σ log |s| in O(C).
     Both start from a random rotation (QR of a Gaussian matrix from the global RNG, so a
     seeded model build is reproducible). Shapes: ``(B, C, H, W)`` or ``(B, C)``.
     """

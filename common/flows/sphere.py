@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.bijector import Bijector
-from common.circle import CircleMap, MobiusMixtureMap
-from common.manifolds import check_angles, check_sphere, wrap_angle
-from common.nets import MLP
-from common.splines import rational_quadratic_spline
+from common.flows.bijector import Bijector
+from common.flows.circle import CircleMap, MobiusMixtureMap
+from common.flows.manifolds import check_angles, check_sphere, wrap_angle
+from common.flows.nets import MLP
+from common.flows.splines import rational_quadratic_spline
 
 __all__ = [
     "ExpMapFlow",
@@ -109,11 +109,9 @@ class RecursiveSphereFlow(Bijector):
         self.height_params = nn.Parameter(
             torch.cat([torch.zeros(2 * num_bins), torch.full((num_bins + 1,), 0.5413)])
         )
+        # near-identity angle map, components kept distinct
         self.conditioner = MLP(1, self.map.num_params, hidden, num_hidden)
-        last = self.conditioner.net[-1]
-        with torch.no_grad():  # near-identity angle map, components kept distinct
-            last.weight.mul_(0.01)
-            last.bias.copy_(self.map.initial_params(g))
+        self.conditioner.init_output(0.01, self.map.initial_params(g))
 
     def _height(self, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         K, p = self.num_bins, self.height_params.expand(h.shape[0], -1)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from common.bijector import Bijector
+from common.flows.bijector import Bijector
 
 __all__ = [
     "LULinear",

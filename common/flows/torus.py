@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.bijector import Bijector
-from common.circle import CircleMap
-from common.manifolds import check_angles
-from common.nets import MLP
+from common.flows.bijector import Bijector
+from common.flows.circle import CircleMap
+from common.flows.manifolds import check_angles
+from common.flows.nets import MLP
 
 __all__ = ["AutoregressiveTorusFlow", "circle_features"]
 
@@ -58,11 +58,7 @@ class AutoregressiveTorusFlow(Bijector):
         self.conditioners = nn.ModuleList()
         for d in range(1, dim):
             net = MLP(2 * d, circle_map.num_params, hidden, num_hidden, activation="relu")
-            last = net.net[-1]
-            with torch.no_grad():
-                last.weight.mul_(0.01)
-                last.bias.copy_(circle_map.initial_params(g))
-            self.conditioners.append(net)
+            self.conditioners.append(net.init_output(0.01, circle_map.initial_params(g)))
 
     def _params(self, y: Tensor, d: int) -> Tensor:
         """Circle-map parameters ``(B, P)`` of coordinate d given the outputs ``y[:, :d]``."""

@@ -1,4 +1,4 @@
-"""The one training loop of the repository: maximum likelihood for any :class:`~common.flow.Flow`.
+"""The training loop: maximum likelihood for any :class:`~common.flows.flow.Flow`.
 
 ``train_and_evaluate(cfg, build_model, workdir)`` builds the data and the model, trains with
 the configured optimizer and schedule, validates every ``eval_every`` steps (keeping the best
@@ -33,12 +33,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from common.config import ConfigError, RunConfig, ScheduleConfig, TrainConfig, flatten, save_config
 from common.data import Dataset, load_dataset
-from common.dequantize import bits_per_dim
-from common.flow import Flow
-from common.plotting import save_curves, save_density_2d, save_image_grid
-from common.tracking import NullTracker, git_state, write_metrics_json
+from common.flows.dequantize import bits_per_dim
+from common.flows.flow import Flow
+from common.run.config import (
+    ConfigError,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+    flatten,
+    save_config,
+)
+from common.run.plotting import save_curves, save_density_2d, save_image_grid
+from common.run.tracking import NullTracker, git_state, write_metrics_json
 
 __all__ = [
     "NonFiniteLossError",

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.bijector import sum_except_batch
+from common.flows.bijector import sum_except_batch
 
 __all__ = ["BaseDistribution", "StandardLogistic", "StandardNormal"]
 

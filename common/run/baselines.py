@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from common.bijector import Compose
-from common.config import DiagonalGaussianModel
 from common.data import Dataset
-from common.dequantize import Logit, UniformDequantization
-from common.distributions import StandardNormal
-from common.flow import Flow
-from common.layers import ElementwiseAffine, Reshape
+from common.flows.bijector import Compose
+from common.flows.dequantize import Logit, UniformDequantization
+from common.flows.distributions import StandardNormal
+from common.flows.flow import Flow
+from common.flows.layers import ElementwiseAffine, Reshape
+from common.run.config import DiagonalGaussianModel
 
 __all__ = ["build_diagonal_gaussian", "data_preprocessing", "with_baseline"]
 

@@ -9,7 +9,7 @@ Every density here states its measure:
   1/|Sᴰ| with |Sᴰ| = 2π^((D+1)/2) / Γ((D+1)/2) (4π for S²).
 
 Angles are tensors ``(B, D)`` in [0, 2π); sphere points are ``(B, D+1)`` unit vectors. Inputs
-outside the declared domain raise :class:`~common.bijector.InputOutsideDomainError`.
+outside the declared domain raise :class:`~common.flows.bijector.InputOutsideDomainError`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import math
 import torch
 from torch import Tensor
 
-from common.bijector import InputOutsideDomainError
-from common.distributions import BaseDistribution
+from common.flows.bijector import InputOutsideDomainError
+from common.flows.distributions import BaseDistribution
 
 __all__ = [
     "TWO_PI",
@@ -50,7 +50,7 @@ def check_angles(theta: Tensor, name: str = "angles", atol: float = 1e-6) -> Non
     if ((theta < -atol) | (theta > TWO_PI + atol)).any() or not torch.isfinite(theta).all():
         raise InputOutsideDomainError(
             f"{name} must lie in [0, 2π); got range [{theta.min().item():.4g}, "
-            f"{theta.max().item():.4g}]. Wrap them with common.manifolds.wrap_angle."
+            f"{theta.max().item():.4g}]. Wrap them with common.flows.manifolds.wrap_angle."
         )
 
 

@@ -102,7 +102,7 @@ def save_torus_density(
 ) -> Path:
     """Target and model densities on T² as heat maps (same colour scale; θ₁ across, θ₂ up),
     and their marginals on each circle factor. Inputs: ``(n, n)`` log densities on the
-    midpoint grid of :func:`common.manifolds.torus_grid`."""
+    midpoint grid of :func:`common.flows.manifolds.torus_grid`."""
     p, q = target_logp.double().exp().numpy(), model_logq.double().exp().numpy()
     nodes = coords["theta1"].numpy()
     step = nodes[1] - nodes[0]
@@ -130,7 +130,7 @@ def save_sphere_density(
 ) -> Path:
     """Target and model densities on S² in the Mollweide projection (equal-area: the colour
     integrates to the probability of a region), longitude = azimuth φ of (x₁, x₂), latitude =
-    arcsin x₃. Inputs: ``(n, n)`` log densities on :func:`common.manifolds.sphere_grid`."""
+    arcsin x₃. Inputs: ``(n, n)`` log densities on :func:`common.flows.manifolds.sphere_grid`."""
     p, q = target_logp.double().exp().numpy(), model_logq.double().exp().numpy()
     phi, h = coords["phi"].numpy(), coords["h"].numpy()
     lon = np.where(phi > np.pi, phi - 2 * np.pi, phi)

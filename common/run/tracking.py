@@ -1,7 +1,7 @@
 """One small facade over MLflow: every run of every paper is logged through it.
 
 Store: an SQLite database at an absolute path (``runs/mlflow.db`` by default) with artifacts
-beside it in ``runs/mlartifacts/``. Create it once with ``python -m common.tracking init``
+beside it in ``runs/mlartifacts/``. Create it once with ``python -m common.run.tracking init``
 before parallel jobs start: concurrent *creation* of an SQLite store corrupts it, concurrent
 writes to an existing one are fine.
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sqlite_uri(db_path: str | Path) -> str:
@@ -162,7 +162,7 @@ def write_metrics_json(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m common.tracking")
+    parser = argparse.ArgumentParser(prog="python -m common.run.tracking")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the MLflow store and one experiment per paper")
     init.add_argument("--tracking-uri", default=default_tracking_uri())
