@@ -20,7 +20,9 @@ from common.flows.sphere import (
 from common.flows.testing import check_bijector, perturb_parameters
 from common.flows.torus import AutoregressiveTorusFlow
 from common.run.config import ConfigError, load_config
-from common.run.variational import density_on_grid, kl_metrics, train_reverse_kl
+from common.run.loop import StoppedAt, train
+from common.run.objectives import ReverseKL, kl_metrics
+from common.run.targets import Domain, density_on_grid
 from papers.tori_spheres.model import TorusFlowModel, build_model
 from papers.tori_spheres.targets import S2_MODES, SphereTarget, TorusTarget, make_target
 from papers.tori_spheres.train import ToriSpheresConfig
@@ -127,12 +129,12 @@ def test_targets_log_normalisers_and_mode_correction():
         target = TorusTarget(name)
         assert target.log_z == pytest.approx(expected, abs=1e-5)
         _, mass, _ = density_on_grid(lambda x, t=target: t.log_unnormalized(x) - t.log_z,
-                                     "torus", 200)  # fmt: skip
+                                     Domain("torus"), 200)  # fmt: skip
         assert abs(mass - 1) < 1e-5
     sphere = SphereTarget()
     assert sphere.log_z == pytest.approx(10.92159, abs=1e-5)
     _, mass, _ = density_on_grid(lambda x: sphere.log_unnormalized(x) - sphere.log_z,
-                                 "sphere", 400)  # fmt: skip
+                                 Domain("sphere"), 400)  # fmt: skip
     assert abs(mass - 1) < 1e-4
     azimuth = math.atan2(S2_MODES[2][1], S2_MODES[2][0]) % TWO_PI
     assert azimuth == pytest.approx(5.0, abs=1e-3)  # not the printed 0.5
@@ -177,23 +179,25 @@ def smoke_config(tmp_path, experiment="t2_multimodal_spline", **train):
     return load_config(ToriSpheresConfig, path, overrides)
 
 
+def train_reverse_kl(cfg, workdir, **kwargs):
+    return train(cfg, ReverseKL(cfg, build_model, make_target), workdir, progress=False, **kwargs)
+
+
 def test_reverse_kl_training_lowers_kl_and_resumes_exactly(tmp_path):
     cfg = smoke_config(tmp_path, max_steps=40, eval_every=20)
-    full = train_reverse_kl(cfg, build_model, tmp_path / "full", progress=False,
-                            build_target=make_target)  # fmt: skip
-    first = train_reverse_kl(cfg, build_model, tmp_path / "resumed", stop_after=15,
-                             progress=False, build_target=make_target)  # fmt: skip
-    assert first == {"stopped_at_step": 15}
-    resumed = train_reverse_kl(cfg, build_model, tmp_path / "resumed", progress=False,
-                               build_target=make_target)  # fmt: skip
+    full = train_reverse_kl(cfg, tmp_path / "full")
+    first = train_reverse_kl(cfg, tmp_path / "resumed", stop_after=15)
+    assert first == StoppedAt(15)
+    resumed = train_reverse_kl(cfg, tmp_path / "resumed")
     for key in ("test/kl", "test/kl_exact", "test/ess", "test/quadrature_mass"):
-        assert resumed["metrics"][key] == full["metrics"][key], key
-    assert abs(full["metrics"]["test/quadrature_mass"] - 1) < 1e-3
+        assert resumed.metrics[key] == full.metrics[key], key
+    assert abs(full.metrics["test/quadrature_mass"] - 1) < 1e-3
+    assert abs(full.metrics["test/target_quadrature_mass"] - 1) < 1e-6
+    assert full.figure("density") is not None
     assert (tmp_path / "full" / "figures" / "density.png").exists()
     untrained = smoke_config(tmp_path, max_steps=1, eval_every=1)
-    before = train_reverse_kl(untrained, build_model, tmp_path / "one", progress=False,
-                              build_target=make_target)  # fmt: skip
-    assert full["metrics"]["test/kl_exact"] < before["metrics"]["test/kl_exact"]
+    before = train_reverse_kl(untrained, tmp_path / "one")
+    assert full.metrics["test/kl_exact"] < before.metrics["test/kl_exact"]
 
 
 def test_compiled_loss_equals_eager_loss():

@@ -6,21 +6,21 @@ import json
 
 from mlflow.tracking import MlflowClient
 
+from common.run.summary import RunSummary
 from common.run.tracking import Tracker, init_store, sqlite_uri
-from common.run.training import train_and_evaluate
 from papers.nice.model import build_model
-from tests.test_training import make_cfg
+from tests.test_training import make_cfg, train_and_evaluate
 
 
 def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     uri = sqlite_uri(tmp_path / "store" / "mlflow.db")
     init_store(uri, ["nice"])
     cfg = make_cfg(data_root, max_steps=20)
-    out = train_and_evaluate(cfg, build_model, tmp_path / "run", Tracker(uri, "nice"),
+    out = train_and_evaluate(cfg, build_model, tmp_path / "run", tracker=Tracker(uri, "nice"),
                              progress=False)  # fmt: skip
 
     client = MlflowClient(tracking_uri=uri)
-    run = client.get_run(out["run_id"])
+    run = client.get_run(out.run_id)
     tags = run.data.tags
     for key in ("paper", "experiment", "scale", "seed", "git_commit", "git_dirty", "data_md5"):
         assert key in tags, key
@@ -45,3 +45,8 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     payload = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert payload["run_id"] == run.info.run_id
     assert payload["metrics"]["test/nll"] == run.data.metrics["test/nll"]
+    summary = RunSummary.read(tmp_path / "run" / "metrics.json")
+    assert summary == out and summary.budget.batch_size == 32 and summary.threads == 1
+    assert summary.num_params == int(tags["num_params"]) and summary.data_md5 == tags["data_md5"]
+    samples = summary.figure("samples", temperature=1.0)
+    assert samples is not None and f"figures/{samples.path.split('/')[-1]}" in listing("figures")

@@ -9,14 +9,14 @@ import torch
 
 from common.flows.layers import ElementwiseAffine
 from common.run.config import ConfigError, ScheduleConfig
-from common.run.training import (
-    NonFiniteLossError,
-    batch_indices,
-    lr_factor,
-    train_and_evaluate,
-)
+from common.run.loop import NonFiniteLossError, StoppedAt, lr_factor, train
+from common.run.objectives import MaximumLikelihood, batch_indices
 from papers.nice.model import build_model
 from papers.nice.train import NiceConfig
+
+
+def train_and_evaluate(cfg, build_model, workdir, **kwargs):
+    return train(cfg, MaximumLikelihood(cfg, build_model), workdir, **kwargs)
 
 
 def make_cfg(data_root, **train):
@@ -38,15 +38,15 @@ def test_resumed_run_is_identical_to_uninterrupted(data_root, tmp_path):
     cfg = make_cfg(data_root)
     full = train_and_evaluate(cfg, build_model, tmp_path / "a", progress=False)
     partial = train_and_evaluate(cfg, build_model, tmp_path / "b", stop_after=17, progress=False)
-    assert partial == {"stopped_at_step": 17}
+    assert partial == StoppedAt(17)
     torch.manual_seed(999)  # a different global RNG state must not matter after resuming
     resumed = train_and_evaluate(cfg, build_model, tmp_path / "b", progress=False)
 
     def results(out):  # everything but wall-clock time
-        return {k: v for k, v in out["metrics"].items() if "wall_time" not in k}
+        return {k: v for k, v in out.metrics.items() if "wall_time" not in k}
 
     assert results(resumed) == results(full) and len(results(full)) == 6
-    assert resumed["steps"] == full["steps"] == 40
+    assert resumed.steps == full.steps == 40
     a = torch.load(tmp_path / "a/checkpoints/best.pt", weights_only=True)
     b = torch.load(tmp_path / "b/checkpoints/best.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -66,7 +66,7 @@ def test_different_seeds_give_different_runs(data_root, tmp_path):
     a = train_and_evaluate(cfg, build_model, tmp_path / "a", progress=False)
     b = train_and_evaluate(cfg.model_copy(update={"seed": 1}), build_model, tmp_path / "b",
                            progress=False)  # fmt: skip
-    assert a["metrics"]["test/nll"] != b["metrics"]["test/nll"]
+    assert a.metrics["test/nll"] != b.metrics["test/nll"]
 
 
 class ExplodesAfter(ElementwiseAffine):
@@ -100,7 +100,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(data_root, tmp_pa
 def test_early_stopping_on_plateau(data_root, tmp_path):
     cfg = make_cfg(data_root, patience=2, optim={"lr": 1e-12})  # validation NLL cannot improve
     out = train_and_evaluate(cfg, build_model, tmp_path, progress=False)
-    assert out["stopped_early"] and out["steps"] == 30 and out["best_step"] == 10
+    assert out.stopped_early and out.steps == 30 and out.best_step == 10
 
 
 def test_batch_indices_cover_each_epoch_once():
@@ -141,13 +141,13 @@ def test_resume_with_polyak_averaging_and_flips_is_exact(data_root, tmp_path):
     full = train_and_evaluate(cfg, build_glow_model, tmp_path / "a", progress=False)
     train_and_evaluate(cfg, build_glow_model, tmp_path / "b", stop_after=7, progress=False)
     resumed = train_and_evaluate(cfg, build_glow_model, tmp_path / "b", progress=False)
-    assert resumed["metrics"]["test/nll"] == full["metrics"]["test/nll"]
+    assert resumed.metrics["test/nll"] == full.metrics["test/nll"]
     last = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)
     best = torch.load(tmp_path / "a/checkpoints/best.pt", weights_only=True)
     raw, averaged = last["model"], last["polyak"]
     key = next(k for k in raw if k.endswith("log_scale"))
     assert not torch.equal(raw[key], averaged[f"module.{key}"])  # the average lags the raw
-    if full["best_step"] == full["steps"]:
+    if full.best_step == full.steps:
         assert torch.equal(best[key], averaged[f"module.{key}"])
     figures = {p.name for p in (tmp_path / "a/figures").iterdir()}
     assert {"samples.png", "samples_T0.5.png", "curves.png"} <= figures

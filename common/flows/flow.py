@@ -47,14 +47,26 @@ class Flow(nn.Module):
         self.base = base
         self.dequantization = dequantization
 
+    def dequantize(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """y = dequant(x) and its ldj ``(B,)`` (x itself and zeros without a dequantization
+        layer). Draws the dequantization noise: kept apart from :meth:`log_prob_continuous`
+        so that a compiled loss can leave the random draw in eager mode."""
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        if self.dequantization is None:
+            return x, x.new_zeros(x.shape[0], dtype=dtype)  # integer data: default float
+        return self.dequantization(x, context)
+
+    def log_prob_continuous(
+        self, y: Tensor, dequant_ldj: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        """log p(x) = log p_base(f(y)) + ldj_f(y) + ``dequant_ldj`` for dequantized ``y``."""
+        z, ldj = self.transform(y, context)
+        return self.base.log_prob(z) + ldj + dequant_ldj
+
     def log_prob_parts(self, x: Tensor, context: Tensor | None = None) -> LogProb:
         """log p(x) and its dequantization part; ``x`` is ``(B, ...)``."""
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        dequant_ldj = x.new_zeros(x.shape[0], dtype=dtype)  # integer data: default float
-        if self.dequantization is not None:
-            x, dequant_ldj = self.dequantization(x, context)
-        z, ldj = self.transform(x, context)
-        total = self.base.log_prob(z) + ldj + dequant_ldj
+        y, dequant_ldj = self.dequantize(x, context)
+        total = self.log_prob_continuous(y, dequant_ldj, context)
         return LogProb(total=total, dequant_ldj=dequant_ldj)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:

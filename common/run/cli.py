@@ -1,9 +1,9 @@
 """The entry point every paper shares: ``python -m papers.<paper>.train --config FILE [--set k=v]``.
 
-It parses, validates the config before any compute, and calls
-:func:`common.run.training.train_and_evaluate` (or the paper's ``trainer``, e.g. reverse-KL
-training for the tori and spheres paper). Known failures (bad config, missing data, NaNs)
-end with a one-paragraph message and a non-zero exit, not a traceback.
+It parses, validates the config before any compute, and runs the one training loop
+(:func:`common.run.loop.train`) with the paper's objective: maximum likelihood by default, or
+e.g. reverse KL to a target for the tori and spheres paper. Known failures (bad config,
+missing data, NaNs) end with a one-paragraph message and a non-zero exit, not a traceback.
 """
 
 from __future__ import annotations
@@ -14,22 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.data import ChecksumError, Dataset, DatasetNotFoundError
+from common.data import ChecksumError, DatasetNotFoundError
 from common.flows.flow import Flow
-from common.run.config import ConfigError, RunConfig, load_config
+from common.run.config import ConfigError, RunBase, load_config
+from common.run.loop import NonFiniteLossError, StoppedAt, train
+from common.run.objectives import MaximumLikelihood, Objective
+from common.run.summary import RunSummary
 from common.run.tracking import NullTracker, Tracker, default_tracking_uri
-from common.run.training import NonFiniteLossError, train_and_evaluate
 
 __all__ = ["run_cli"]
 
 
 def run_cli(
-    config_cls: type[RunConfig],
-    build_model: Callable[[Any, Dataset], Flow],
+    config_cls: type[RunBase],
+    build_model: Callable[[Any, Any], Flow],
     argv: list[str] | None = None,
     paper: str = "<paper>",
-    trainer: Callable[..., dict[str, Any]] = train_and_evaluate,
-) -> dict[str, Any]:
+    objective: Callable[[Any, Callable], Objective] = MaximumLikelihood,
+) -> RunSummary | StoppedAt:
+    """Parse ``argv``, load and validate the config, and train ``objective(cfg, build_model)``
+    (a class such as :class:`~common.run.objectives.MaximumLikelihood`, or a
+    ``functools.partial`` of one)."""
     parser = argparse.ArgumentParser(
         prog=f"python -m papers.{paper}.train",
         description=f"Train and evaluate one {paper} experiment.",
@@ -58,9 +63,10 @@ def run_cli(
             if args.no_tracking
             else Tracker(args.tracking_uri or default_tracking_uri(), cfg.paper)
         )
-        return trainer(
-            cfg, build_model, workdir, tracker, args.stop_after, progress=not args.no_progress
-        )
+        return train(
+            cfg, objective(cfg, build_model), workdir, tracker, args.stop_after,
+            progress=not args.no_progress,
+        )  # fmt: skip
     except (ConfigError, DatasetNotFoundError, ChecksumError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None

@@ -30,6 +30,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "StrictModel",
+    "TrainBase",
     "TrainConfig",
     "VariationalRunConfig",
     "apply_overrides",
@@ -73,26 +74,41 @@ class ScheduleConfig(StrictModel):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of 'cosine', × lr")
 
 
-class TrainConfig(StrictModel):
+class TrainBase(StrictModel):
+    """What every objective's training has: budget, cadence, optimiser, schedule, guards."""
+
     batch_size: int = Field(..., gt=0)
     max_steps: int = Field(..., gt=0)
     eval_every: int = Field(100, gt=0, description="steps between validations")
-    eval_batch_size: int = Field(1000, gt=0)
     log_every: int = Field(10, gt=0, description="steps between train-metric logs")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
-    patience: int | None = Field(None, gt=0, description="early stop after N evals w/o gain")
+    patience: int | None = Field(
+        None, gt=0, description="early stop after N validations without improvement "
+        "(objectives that select a best model only)",
+    )  # fmt: skip
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    polyak_decay: float | None = Field(
+        None, gt=0, lt=1, description="evaluate an exponential moving average of the weights "
+        "(Polyak averaging, as in the Glow authors' code) with this decay per step",
+    )  # fmt: skip
+    compile: bool = Field(
+        False, description="torch.compile the loss (faster steps after a compile of 10-60 s: "
+        "worth it for long runs, not for smoke tests)",
+    )  # fmt: skip
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+
+class TrainConfig(TrainBase):
+    """Maximum-likelihood training on a dataset (:class:`~common.run.objectives.MaximumLikelihood`):
+    the best-validation model is tested."""
+
+    eval_batch_size: int = Field(1000, gt=0)
     num_samples: int = Field(64, ge=0, description="samples drawn for the figure")
     sample_temperatures: tuple[float, ...] = Field(
         (1.0,), min_length=1, description="base temperatures of the sample figures (Glow Sec. 5)"
     )
     hflip: bool = Field(False, description="random horizontal flips of training images")
-    polyak_decay: float | None = Field(
-        None, gt=0, lt=1, description="evaluate an exponential moving average of the weights "
-        "(Polyak averaging, as in the Glow authors' code) with this decay per step",
-    )  # fmt: skip
 
 
 class DiagonalGaussianModel(StrictModel):
@@ -123,25 +139,19 @@ class RunConfig(RunBase):
     model: Any
 
 
-class KLTrainConfig(StrictModel):
-    """Reverse-KL training towards an unnormalised target (Rezende et al. 2020, Sec. 5): each
-    step draws ``batch_size`` samples from the flow and minimises E_q[log q − log p̃]."""
+class KLTrainConfig(TrainBase):
+    """Reverse-KL training towards an unnormalised target (Rezende et al. 2020, Sec. 5;
+    :class:`common.run.objectives.ReverseKL`): each step draws ``batch_size`` samples from the
+    flow and minimises E_q[log q − log p̃]. The final model is evaluated."""
 
     batch_size: int = Field(256, gt=0)
-    max_steps: int = Field(..., gt=0)
     eval_every: int = Field(1000, gt=0, description="steps between monitoring estimates")
+    log_every: int = Field(100, gt=0, description="steps between train-metric logs")
+    checkpoint_every: int = Field(2000, gt=0, description="steps between resumable checkpoints")
     monitor_samples: int = Field(2000, gt=1, description="samples per monitoring estimate")
     eval_samples: int = Field(20000, gt=1, description="samples of the final KL/ESS estimate")
     grid_size: int = Field(400, gt=1, description="quadrature/figure nodes per coordinate")
-    log_every: int = Field(100, gt=0, description="steps between train-metric logs")
-    checkpoint_every: int = Field(2000, gt=0, description="steps between resumable checkpoints")
-    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
-    compile: bool = Field(
-        False, description="torch.compile the loss (2-3× faster steps on CPU after a compile "
-        "of 10-60 s: worth it for long runs, not for smoke tests)",
-    )  # fmt: skip
     optim: OptimConfig = OptimConfig(lr=2e-4)
-    schedule: ScheduleConfig = ScheduleConfig()
 
 
 class VariationalRunConfig(RunBase):

@@ -1,5 +1,5 @@
-"""Figures saved by every run: sample grids (images), densities (2-D data, tori, spheres),
-training curves."""
+"""Figures saved by every run: sample grids (images), densities (2-D data, tori, spheres,
+the plane), training curves."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ __all__ = [
     "save_curves",
     "save_density_2d",
     "save_image_grid",
+    "save_flat_density",
     "save_sphere_density",
-    "save_torus_density",
 ]
 
 
@@ -97,29 +97,33 @@ def save_curves(
     return path
 
 
-def save_torus_density(
+def save_flat_density(
     target_logp: torch.Tensor, model_logq: torch.Tensor, coords: dict, path: Path, title: str = ""
 ) -> Path:
-    """Target and model densities on T² as heat maps (same colour scale; θ₁ across, θ₂ up),
-    and their marginals on each circle factor. Inputs: ``(n, n)`` log densities on the
-    midpoint grid of :func:`common.flows.manifolds.torus_grid`."""
+    """Target and model densities on a flat 2-D domain (the torus [0, 2π)², a box, the plane
+    within a box) as heat maps on one colour scale, first coordinate across, second up, and
+    their marginals. Inputs: ``(n, n)`` log densities on the midpoint grid of
+    :meth:`common.run.targets.Domain.grid` and its nodes per axis (two named axes)."""
     p, q = target_logp.double().exp().numpy(), model_logq.double().exp().numpy()
-    nodes = coords["theta1"].numpy()
+    (name1, nodes), name2 = next(iter(coords.items())), list(coords)[1]
+    nodes = nodes.numpy()
     step = nodes[1] - nodes[0]
+    extent = (nodes[0] - step / 2, nodes[-1] + step / 2) * 2
+    labels = {"theta1": "θ₁", "theta2": "θ₂"}
+    label1, label2 = labels.get(name1, name1), labels.get(name2, name2)
     vmax = max(p.max(), q.max())
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     for ax, values, name in ((axes[0], p, "target p"), (axes[1], q, "model q")):
-        im = ax.imshow(values.T, origin="lower", extent=(0, 2 * np.pi, 0, 2 * np.pi),
-                       cmap="viridis", vmin=0, vmax=vmax)  # fmt: skip
+        im = ax.imshow(values.T, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("θ₁")
-        ax.set_ylabel("θ₂")
-    _colorbar(fig, im, axes[:2], "density (Lebesgue on [0, 2π)²)")
-    for axis, (style, label) in enumerate((("-", "θ₁"), ("--", "θ₂"))):
+        ax.set_xlabel(label1)
+        ax.set_ylabel(label2)
+    _colorbar(fig, im, axes[:2], "density (Lebesgue measure)")
+    for axis, (style, label) in enumerate((("-", label1), ("--", label2))):
         axes[2].plot(nodes, p.sum(1 - axis) * step, style, color="k", label=f"target, {label}")
         axes[2].plot(nodes, q.sum(1 - axis) * step, style, color="C1", label=f"model, {label}")
-    axes[2].set_title("marginal circle densities", fontsize=9)
-    axes[2].set_xlabel("angle")
+    axes[2].set_title("marginal densities", fontsize=9)
+    axes[2].set_xlabel("coordinate")
     axes[2].legend(fontsize=7)
     axes[2].grid(alpha=0.3)
     return _finish(fig, path, title)

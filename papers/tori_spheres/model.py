@@ -63,20 +63,20 @@ class ExpMapModel(StrictModel):
 
 def build_model(cfg, target) -> Flow:
     """The flow of ``cfg`` on ``target``'s manifold; raises ConfigError on a mismatch."""
-    manifold = "torus" if cfg.name == "torus_autoregressive" else "sphere"
-    if manifold != target.manifold:
+    manifold, dim = "torus" if cfg.name == "torus_autoregressive" else "sphere", target.domain.dim
+    if manifold != target.domain.kind:
         raise ConfigError(
             f"model {cfg.name!r} lives on a {manifold}, target {target.name!r} on a "
-            f"{target.manifold}"
+            f"{target.domain.kind}"
         )
     if cfg.name == "torus_autoregressive":
         layers = []
         for i in range(cfg.num_layers):
             if i:
-                layers.append(Reverse(target.dim))
+                layers.append(Reverse(dim))
             cmap = circle_map(cfg.family, cfg.num_components)
-            layers.append(AutoregressiveTorusFlow(target.dim, cmap, cfg.hidden, cfg.num_hidden))
-        return Flow(Inverse(Compose(*layers)), UniformTorus(target.dim))
+            layers.append(AutoregressiveTorusFlow(dim, cmap, cfg.hidden, cfg.num_hidden))
+        return Flow(Inverse(Compose(*layers)), UniformTorus(dim))
     if cfg.name == "sphere_recursive":
         layer = RecursiveSphereFlow(
             circle_map("mobius", cfg.mobius_centres), cfg.spline_bins, cfg.hidden, cfg.num_hidden

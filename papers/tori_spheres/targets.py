@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from common.flows.manifolds import check_angles, check_sphere
+from common.run.targets import Domain
 
 __all__ = ["S2_MODES", "SphereTarget", "TorusTarget", "make_target"]
 
@@ -54,8 +55,7 @@ class TorusTarget:
     """A T² target: ``log_unnormalized`` of angles ``(B, 2)`` → ``(B,)``."""
 
     name: str
-    manifold: str = "torus"
-    dim: int = 2
+    domain: Domain = Domain("torus", dim=2)
 
     @property
     def log_z(self) -> float:
@@ -81,8 +81,7 @@ class SphereTarget:
     """The S² four-mode target: ``log_unnormalized`` of unit vectors ``(B, 3)`` → ``(B,)``."""
 
     name: str = "s2_four_modes"
-    manifold: str = "sphere"
-    dim: int = 2
+    domain: Domain = Domain("sphere", dim=2)
 
     @property
     def log_z(self) -> float:

@@ -1,6 +1,7 @@
 """``python -m papers.tori_spheres.train --config papers/tori_spheres/configs/cpu/<exp>.yaml``
 
-Fits one flow to one analytic target by reverse KL (common.run.variational) and evaluates it.
+Fits one flow to one analytic target by reverse KL (:class:`common.run.objectives.ReverseKL`)
+and evaluates it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from functools import partial
 
 from common.run.cli import run_cli
 from common.run.config import StrictModel, VariationalRunConfig, model_union
-from common.run.variational import train_reverse_kl
+from common.run.objectives import ReverseKL
 from papers.tori_spheres.model import (
     ExpMapModel,
     RecursiveSphereModel,
@@ -32,8 +33,8 @@ CONFIG = ToriSpheresConfig  # the config class of this paper's experiments (foun
 
 
 def main(argv: list[str] | None = None) -> None:
-    trainer = partial(train_reverse_kl, build_target=make_target)
-    run_cli(ToriSpheresConfig, build_model, argv, paper="tori_spheres", trainer=trainer)
+    objective = partial(ReverseKL, build_target=make_target)
+    run_cli(ToriSpheresConfig, build_model, argv, paper="tori_spheres", objective=objective)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,319 @@
+"""What the training loop optimises: one :class:`Objective` per kind of problem.
+
+The loop (:mod:`common.run.loop`) owns everything every run shares: seeding, the optimiser
+and schedule, Polyak averaging, resuming, checkpoints, NaN guards, logging cadence,
+validation cadence and early stopping, the run summary and the MLflow run's end state. An
+objective says what is specific to its problem:
+
+- :meth:`~Objective.build`: the problem (a dataset, a target) and the model;
+- :meth:`~Objective.batch`: a step's input, with every random draw of the step (batch order,
+  flips, dequantization noise, base samples), in eager mode;
+- :meth:`~Objective.loss`: the deterministic loss of that input (what ``train.compile``
+  compiles, so the random stream is the same compiled or not);
+- :meth:`~Objective.validate` / :meth:`~Objective.test`: evaluation under a forked RNG with a
+  fixed seed; ``select_on`` names the validation metric that picks the tested model (lower is
+  better), or is None when the final model is tested;
+- :meth:`~Objective.figures`: what a person looks at afterwards.
+
+Objectives here: :class:`MaximumLikelihood` on data (NICE, RealNVP, Glow) and
+:class:`ReverseKL` to an unnormalised density (Tori & Spheres; any :class:`Target`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from common.data import Dataset, load_dataset
+from common.flows.dequantize import bits_per_dim
+from common.flows.flow import Flow
+from common.run.config import ConfigError, RunConfig, VariationalRunConfig
+from common.run.plotting import (
+    save_curves,
+    save_density_2d,
+    save_flat_density,
+    save_image_grid,
+    save_sphere_density,
+)
+from common.run.summary import FigureRecord
+from common.run.targets import Target, density_on_grid
+
+__all__ = [
+    "EVAL_SEED",
+    "MaximumLikelihood",
+    "Objective",
+    "ReverseKL",
+    "batch_indices",
+    "eval_rng",
+    "evaluate_nll",
+    "kl_metrics",
+]
+
+EVAL_SEED = 1234  # the random draws of every evaluation: the same for every evaluation
+
+
+@contextmanager
+def eval_rng(device: torch.device, seed: int = EVAL_SEED) -> Iterator[None]:
+    """Run the block on a forked RNG seeded with ``seed`` (CPU and, on a GPU, its device), so
+    evaluations draw the same numbers every time and never disturb training's stream."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class Objective:
+    """Base class; see the module docstring. ``curve`` = (train metric, validation metric)
+    drawn against steps, ``curve_label`` their unit."""
+
+    curve: tuple[str, str]
+    curve_label: str
+    select_on: str | None = None
+    dataset: str  # what the run is fitted to: a dataset or a target
+    data_md5: str
+
+    def __init__(self, cfg: Any, build_model: Callable[[Any, Any], Flow]) -> None:
+        self.cfg, self.build_model = cfg, build_model
+        self.device = torch.device("cpu")
+
+    def build(self, device: torch.device) -> Flow:
+        raise NotImplementedError
+
+    def batch(self, model: Flow, step: int) -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: Flow, batch: Any) -> Tensor:
+        raise NotImplementedError
+
+    def train_metrics(self, loss: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def validate(self, model: Flow) -> dict[str, float]:
+        raise NotImplementedError
+
+    def test(self, model: Flow) -> dict[str, float]:
+        raise NotImplementedError
+
+    def figures(
+        self, model: Flow, history: list[dict[str, float]], test: dict[str, float],
+        fig_dir: Path, title: str,
+    ) -> list[FigureRecord]:  # fmt: skip
+        """Save the run's figures under ``fig_dir``; ``test`` are the final metrics."""
+        raise NotImplementedError
+
+    def _curves(self, history, fig_dir: Path, title: str) -> FigureRecord:
+        path = save_curves(history, fig_dir / "curves.png", title, self.curve, self.curve_label)
+        return FigureRecord(kind="curves", path=f"figures/{path.name}")
+
+
+# --- maximum likelihood -----------------------------------------------------------------------
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
+    """Indices of the training batch at ``step``: a fresh permutation per epoch drawn from a
+    generator seeded by (seed, epoch) — reproducible, resumable at any step, drop-last."""
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[k * batch_size : (k + 1) * batch_size]
+
+
+@torch.no_grad()
+def evaluate_nll(model: Flow, x: Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean NLL (nats/example) of ``x``, its bits/dim, and the NLL of the dequantized data on
+    its continuous scale (NICE's unit). Dequantization noise is drawn from a fixed seed."""
+    was_training = model.training
+    model.eval()
+    total = cont = 0.0
+    with eval_rng(device):
+        for chunk in x.split(batch_size):
+            parts = model.log_prob_parts(chunk.to(device))
+            total += parts.total.sum().item()
+            cont += parts.continuous.sum().item()
+    model.train(was_training)
+    n, num_dims = len(x), x[0].numel()
+    nll = -total / n
+    return {
+        "nll": nll,
+        "bpd": bits_per_dim(torch.tensor(-nll), num_dims).item(),
+        "nll_continuous": -cont / n,
+    }
+
+
+def sample_figure_name(temperature: float) -> str:
+    """``samples.png`` at T = 1 (what every image run draws), ``samples_T0.7.png`` otherwise."""
+    return "samples.png" if temperature == 1.0 else f"samples_T{temperature:g}.png"
+
+
+class MaximumLikelihood(Objective):
+    """Maximum likelihood on a dataset: loss = mean NLL in nats per example; validation NLL
+    picks the best model, which is tested. A step's input is the dequantized batch: batch
+    order from (seed, epoch), random horizontal flips (``train.hflip``, RealNVP Sec. 4.1),
+    then the dequantization noise, all from the run's seeded stream."""
+
+    curve = ("train/nll", "val/nll")
+    curve_label = "NLL (nats / example)"
+    select_on = "nll"
+
+    def __init__(self, cfg: RunConfig, build_model: Callable[[Any, Dataset], Flow]) -> None:
+        super().__init__(cfg, build_model)
+        self.data: Dataset | None = None
+
+    def build(self, device: torch.device) -> Flow:
+        cfg, self.device = self.cfg, device
+        self.data = data = load_dataset(cfg.data.name, cfg.data.root)
+        if cfg.train.hflip and not data.is_image:
+            raise ConfigError(f"train.hflip needs image data; {cfg.data.name!r} is not")
+        self.dataset, self.data_md5 = cfg.data.name, data.md5
+        self.batch_size = min(cfg.train.batch_size, len(data.x_train))
+        return self.build_model(cfg.model, data)
+
+    def batch(self, model: Flow, step: int) -> tuple[Tensor, Tensor]:
+        x_train = self.data.x_train
+        x = x_train[batch_indices(len(x_train), self.batch_size, self.cfg.seed, step)]
+        x = x.to(self.device)
+        if self.cfg.train.hflip:  # flip a random half of the batch
+            flip = torch.rand(len(x), device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return model.dequantize(x)
+
+    def loss(self, model: Flow, batch: tuple[Tensor, Tensor]) -> Tensor:
+        y, dequant_ldj = batch
+        return -model.log_prob_continuous(y, dequant_ldj).mean()  # nats per example
+
+    def train_metrics(self, loss: Tensor) -> dict[str, float]:
+        bpd = bits_per_dim(-loss.detach(), self.data.num_dims).item()
+        return {"train/nll": loss.item(), "train/bpd": bpd}
+
+    def validate(self, model: Flow) -> dict[str, float]:
+        return evaluate_nll(model, self.data.x_val, self.cfg.train.eval_batch_size, self.device)
+
+    def test(self, model: Flow) -> dict[str, float]:
+        """Test metrics of ``model`` (the best-validation one), and its validation metrics."""
+        size = self.cfg.train.eval_batch_size
+        test = evaluate_nll(model, self.data.x_test, size, self.device)
+        val = evaluate_nll(model, self.data.x_val, size, self.device)
+        return {f"test/{k}": v for k, v in test.items()} | {
+            f"best_val/{k}": v for k, v in val.items()
+        }
+
+    def figures(self, model, history, test, fig_dir, title) -> list[FigureRecord]:
+        records, data, tc = [self._curves(history, fig_dir, title)], self.data, self.cfg.train
+        model.eval()
+        if data.is_image and data.num_levels and tc.num_samples:
+            for t in tc.sample_temperatures:
+                with eval_rng(self.device):  # the same base draw at every temperature
+                    samples = model.sample(tc.num_samples, temperature=t)
+                path = fig_dir / sample_figure_name(t)
+                save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}")
+                records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
+                                            temperature=t))  # fmt: skip
+        elif data.num_dims == 2:
+            with eval_rng(self.device):
+                path = save_density_2d(model, data.x_test, fig_dir / "samples.png", title)
+            records.append(FigureRecord(kind="density", path=f"figures/{path.name}"))
+        return records
+
+
+# --- reverse KL -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def kl_metrics(model: Flow, target: Target, n: int, batch_size: int = 5000) -> dict[str, float]:
+    """From ``n`` samples x_i ~ q with weights w_i = p̃(x_i)/q(x_i) (Rezende et al. 2020,
+    Sec. 5): log Ẑ = log mean w; KL ≈ mean log(q/p̃) + log Ẑ (biased low); ESS (%) =
+    100·(Σw)²/(N Σw²); and, where log Z is known, the exact KL = mean log(q/p̃) + log Z
+    (unbiased)."""
+    log_w = []
+    for chunk in range(0, n, batch_size):
+        x, log_q = model.sample_with_log_prob(min(batch_size, n - chunk))
+        log_w.append(target.log_unnormalized(x) - log_q)
+    log_w = torch.cat(log_w).double()
+    log_z_hat = (torch.logsumexp(log_w, 0) - math.log(n)).item()
+    out = {
+        "kl": -log_w.mean().item() + log_z_hat,
+        "ess": 100 * math.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / n,
+        "log_z_estimate": log_z_hat,
+    }
+    if target.log_z is not None:
+        out["kl_exact"] = -log_w.mean().item() + target.log_z
+    return out
+
+
+class ReverseKL(Objective):
+    """Reverse KL to an unnormalised target p̃ = Z·p, from the flow's own reparametrised
+    samples (no data): loss = E_q[log q(x) − log p̃(x)] = KL(q ‖ p) − log Z (Rezende et al.
+    2020, Sec. 5). A step's input is the base draw z; the loss maps it through the flow. The
+    final model is tested: KL and ESS (:func:`kl_metrics`) and, on 2-D domains, the mass of
+    its density by quadrature (``test/quadrature_mass``: 1 when every log-determinant is
+    right) and that of the target with its log Z (``test/target_quadrature_mass``)."""
+
+    curve = ("train/kl", "val/kl")
+    curve_label = "KL(q ‖ p) (nats)"
+
+    def __init__(
+        self,
+        cfg: VariationalRunConfig,
+        build_model: Callable[[Any, Target], Flow],
+        build_target: Callable[[Any], Target],
+    ) -> None:
+        super().__init__(cfg, build_model)
+        if cfg.train.patience is not None:
+            raise ConfigError("train.patience: reverse-KL runs test the final model, so there "
+                              "is nothing to stop early for; remove the key")  # fmt: skip
+        self.build_target = build_target
+        self.grids: tuple = ()
+
+    def build(self, device: torch.device) -> Flow:
+        self.device = device
+        self.target = target = self.build_target(self.cfg.target)
+        self.log_z = target.log_z if target.log_z is not None else 0.0
+        self.dataset, self.data_md5 = target.name, "analytic target"
+        self.batch_size = self.cfg.train.batch_size
+        return self.build_model(self.cfg.model, target)
+
+    def batch(self, model: Flow, step: int) -> Tensor:
+        return model.base.sample(self.batch_size)
+
+    def loss(self, model: Flow, z: Tensor) -> Tensor:
+        x, log_q = model.from_base(z)
+        return (log_q - self.target.log_unnormalized(x)).mean()
+
+    def train_metrics(self, loss: Tensor) -> dict[str, float]:
+        return {"train/loss": loss.item(), "train/kl": loss.item() + self.log_z}
+
+    def validate(self, model: Flow) -> dict[str, float]:
+        with eval_rng(self.device):
+            return kl_metrics(model, self.target, self.cfg.train.monitor_samples)
+
+    def test(self, model: Flow) -> dict[str, float]:
+        with eval_rng(self.device):
+            kl = kl_metrics(model, self.target, self.cfg.train.eval_samples)
+        out = {f"test/{k}": v for k, v in kl.items()}
+        domain, n = self.target.domain, self.cfg.train.grid_size
+        if domain.dim == 2:
+            model_logq, mass, coords = density_on_grid(model.log_prob, domain, n)
+            target_logp, target_mass, _ = density_on_grid(
+                lambda x: self.target.log_unnormalized(x) - self.log_z, domain, n
+            )
+            out |= {"test/quadrature_mass": mass, "test/target_quadrature_mass": target_mass}
+            self.grids = (target_logp, model_logq, coords)
+        return out
+
+    def figures(self, model, history, test, fig_dir, title) -> list[FigureRecord]:
+        records = [self._curves(history, fig_dir, title)]
+        if self.grids:
+            subtitle = f"{title}\nKL {test['test/kl']:.3f} nats · ESS {test['test/ess']:.1f} %"
+            saver = (
+                save_sphere_density if self.target.domain.kind == "sphere" else save_flat_density
+            )
+            path = saver(*self.grids, fig_dir / "density.png", subtitle)
+            records.append(FigureRecord(kind="density", path=f"figures/{path.name}"))
+        return records

@@ -1,0 +1,101 @@
+"""The typed summary every run writes (``metrics.json``) and every report reads.
+
+One record per run: who it is (paper, experiment, seed, scale), what it ran (model, data and
+its hash, parameter count, code commit, device, threads, training budget), how it ended
+(steps, best step, early stop, wall time), its final metrics, and its figures with what each
+one shows. Reports read these fields instead of parsing figure names or re-reading config
+values from MLflow params; MLflow keeps the per-step histories and the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from common.run.config import StrictModel
+
+__all__ = ["Budget", "FigureRecord", "RunSummary", "SummaryError", "write_atomic"]
+
+
+class SummaryError(ValueError):
+    """A ``metrics.json`` that is missing, unreadable or not a run summary."""
+
+
+class Budget(StrictModel):
+    """The training budget of a run, as configured."""
+
+    max_steps: int
+    batch_size: int
+    eval_every: int
+    optimizer: str
+    lr: float
+    patience: int | None = None
+
+
+class FigureRecord(StrictModel):
+    """A figure the run saved: ``path`` relative to the run's folder (also its MLflow
+    artifact path); ``temperature`` for sample grids drawn at a base temperature."""
+
+    kind: Literal["curves", "samples", "density"]
+    path: str
+    temperature: float | None = None
+
+
+class RunSummary(StrictModel):
+    """What ``metrics.json`` holds (see the module docstring)."""
+
+    run_id: str | None
+    paper: str
+    experiment: str
+    scale: str
+    seed: int
+    dataset: str
+    model: str
+    num_params: int
+    data_md5: str
+    git_commit: str
+    git_dirty: bool
+    device: str
+    threads: int
+    budget: Budget
+    steps: int
+    best_step: int
+    stopped_early: bool
+    wall_time_s: float
+    metrics: dict[str, float]
+    figures: list[FigureRecord] = []
+
+    def write(self, path: str | Path) -> Path:
+        return write_atomic(Path(path), self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunSummary:
+        path = Path(path)
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise SummaryError(f"{path} does not exist: has the run finished?") from None
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise SummaryError(
+                f"{path} is not a run summary written by this version of the trainer ({exc}). "
+                "Re-run the experiment to regenerate it."
+            ) from None
+
+    def figure(self, kind: str, temperature: float | None = None) -> FigureRecord | None:
+        return next(
+            (f for f in self.figures if f.kind == kind and f.temperature == temperature), None
+        )
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees
+    a half-written file and a crash never leaves one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
