@@ -26,10 +26,12 @@ rule report_index:
         store=ancient(MLFLOW_DB),
     output:
         index=index_path(),
+    params:
+        baseline=f"{config['index_baseline']['paper']}/{config['index_baseline']['experiment']}",
     log:
         f"runs/logs/report_{PROFILE}_index.log",
     localrule: True
     shell:
         "{PY} -m common.run.reports index --papers {PAPERS} --profile {PROFILE}"
-        " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.index}"
+        " --baseline {params.baseline:q} --metrics {input.metrics} --out {output.index}"
         " > {log} 2>&1"

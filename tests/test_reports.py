@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
-from common.run.reports import Group, _ablation_verdict, _separated
+import pytest
+import yaml
+
+from common.run.reports.compare import ablation_verdict as _ablation_verdict
+from common.run.reports.compare import separated as _separated
+from common.run.reports.meta import PaperMetaError, load_paper_meta, validate_paper_meta
+from common.run.reports.runs import Group, Run
+from common.run.summary import Budget, RunSummary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def summary(experiment: str, seed: int, metrics: dict[str, float]) -> RunSummary:
+    return RunSummary(
+        run_id=f"run{seed}", paper="glow", experiment=experiment, scale="cpu", seed=seed,
+        dataset="digits", model="glow", num_params=1, data_md5="0", git_commit="0",
+        git_dirty=False, device="cpu", threads=1, steps=1, best_step=1, stopped_early=False,
+        budget=Budget(max_steps=1, batch_size=1, eval_every=1, optimizer="adam", lr=1e-3),
+        wall_time_s=1.0, metrics=metrics,
+    )  # fmt: skip
 
 
 def group(name: str, values: list[float]) -> Group:
-    runs = [SimpleNamespace(data=SimpleNamespace(metrics={"test/bpd": v})) for v in values]
+    runs = [Run(summary(name, i, {"test/bpd": v}), Path(".")) for i, v in enumerate(values)]
     return Group(name, "digits", "glow", runs)
 
 
@@ -53,3 +72,20 @@ def test_verdict_says_when_the_papers_best_is_still_best():
                 group("reverse", [2.40, 2.41, 2.39])]  # fmt: skip
     verdict = _ablation_verdict("affine", expected, "test/bpd")
     assert "**does not hold**" in verdict and "`conv`, is best here too" in verdict
+
+
+@pytest.mark.parametrize("paper", sorted(p.parent.name for p in REPO.glob("papers/*/paper.yaml")))
+def test_every_paper_yaml_follows_the_schema(paper):
+    meta = load_paper_meta(paper)
+    assert meta["claims"]
+
+
+def test_paper_yaml_errors_name_the_key():
+    meta = yaml.safe_load((REPO / "papers/glow/paper.yaml").read_text())
+    meta["claims"][0]["tolerence"] = 0.1  # a typo of tolerance
+    with pytest.raises(PaperMetaError, match=r"claims\.0: .*tolerence"):
+        validate_paper_meta(meta, "glow/paper.yaml")
+    meta = yaml.safe_load((REPO / "papers/glow/paper.yaml").read_text())
+    del meta["claims"][1]["why_not"]  # neither an experiment nor a reason
+    with pytest.raises(PaperMetaError, match=r"claims\.1"):
+        validate_paper_meta(meta, "glow/paper.yaml")

@@ -216,9 +216,10 @@ class MaximumLikelihood(Objective):
                 records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
                                             temperature=t))  # fmt: skip
         elif data.num_dims == 2:
-            with eval_rng(self.device):
+            with eval_rng(self.device):  # data, model density and model samples, side by side
                 path = save_density_2d(model, data.x_test, fig_dir / "samples.png", title)
-            records.append(FigureRecord(kind="density", path=f"figures/{path.name}"))
+            records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
+                                        temperature=1.0))  # fmt: skip
         return records
 
 

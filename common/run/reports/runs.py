@@ -1,0 +1,80 @@
+"""The runs a report is made of: each run's typed summary (``metrics.json``), grouped by
+experiment, with the MLflow store for what a summary does not hold (per-step histories)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.run.summary import RunSummary
+
+__all__ = ["Group", "Run", "fmt", "load_groups", "table"]
+
+Stat = tuple[float, float, int]  # mean, sample std, number of seeds
+
+
+@dataclass
+class Run:
+    """One run: its summary and the folder holding it (figures are relative to it)."""
+
+    summary: RunSummary
+    folder: Path
+
+
+@dataclass
+class Group:
+    """All seeds of one experiment, sorted by seed."""
+
+    experiment: str
+    dataset: str
+    model: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def first(self) -> RunSummary:
+        return self.runs[0].summary
+
+    def values(self, metric: str) -> list[float]:
+        return [r.summary.metrics[metric] for r in self.runs if metric in r.summary.metrics]
+
+    def stat(self, metric: str, sign: float = 1.0) -> Stat | None:
+        v = [sign * x for x in self.values(metric)]
+        if not v:
+            return None
+        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+
+    def mean_wall(self) -> float:
+        return statistics.fmean(r.summary.wall_time_s for r in self.runs)
+
+
+def load_groups(metrics_files: list[Path]) -> dict[str, Group]:
+    """Read every summary and group the runs by experiment."""
+    groups: dict[str, Group] = {}
+    for path in metrics_files:
+        s = RunSummary.read(path)
+        if not s.run_id:
+            raise ValueError(f"{path} has no MLflow run id: was it trained with --no-tracking?")
+        group = groups.setdefault(s.experiment, Group(s.experiment, s.dataset, s.model))
+        group.runs.append(Run(s, Path(path).parent))
+    for g in groups.values():
+        g.runs.sort(key=lambda r: r.summary.seed)
+    return groups
+
+
+def fmt(stat: Stat | None, digits: int = 3) -> str:
+    if stat is None:
+        return "—"
+    mean, std, n = stat
+    if n == 1:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, one line per row."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
