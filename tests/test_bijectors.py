@@ -16,6 +16,7 @@ from common.flows.bijector import (
     InverseNotAvailableError,
     Permutation,
     Reverse,
+    exact_ldj,
 )
 from common.flows.coupling import Coupling, alternating_mask
 from common.flows.dequantize import Logit
@@ -29,7 +30,7 @@ from common.flows.elementwise import (
 from common.flows.layers import ElementwiseAffine, Reshape
 from common.flows.logdet import LULinear
 from common.flows.nets import MLP
-from common.flows.testing import check_bijector
+from common.flows.testing import check_bijector, check_estimator_unbiased
 
 D = 6
 
@@ -181,3 +182,56 @@ def test_compose_accumulates_on_input_device_and_dtype():
 def test_coupling_mask_must_split():
     with pytest.raises(ValueError, match="some but not all"):
         Coupling(torch.ones(4, dtype=torch.bool), Affine, lambda n_in, n_out: nn.Identity())
+
+
+# --- layers whose ldj is an estimate --------------------------------------------------------
+
+
+class NoisyLdj(ElementwiseAffine):
+    """A stand-in for i-ResNet / FFJORD layers: exact ldj in exact mode, else exact ldj plus
+    zero-mean noise (plus ``bias``, to show the bias check failing)."""
+
+    ldj_is_estimate = True
+
+    def __init__(self, d, bias=0.0, honours_exact_mode=True):
+        super().__init__(d)
+        self.bias, self.honours = bias, honours_exact_mode
+
+    def _noisy(self, ldj):
+        if self.exact_ldj and self.honours:
+            return ldj
+        return ldj + self.bias + torch.randn_like(ldj)
+
+    def forward(self, x, context=None):
+        z, ldj = super().forward(x, context)
+        return z, self._noisy(ldj)
+
+    def inverse(self, z, context=None):
+        x, ldj = super().inverse(z, context)
+        return x, self._noisy(ldj)
+
+
+def test_estimating_layers_are_checked_in_exact_mode():
+    result = check_bijector(Compose(NoisyLdj(D), Reverse(D)), torch.randn(4, D))
+    assert result.exact_mode
+    assert not check_bijector(ElementwiseAffine(D), torch.randn(4, D)).exact_mode
+    with pytest.raises(AssertionError):  # a layer that ignores the exact mode is caught
+        check_bijector(NoisyLdj(D, honours_exact_mode=False), torch.randn(4, D))
+    layer = NoisyLdj(D)
+    with exact_ldj(layer):
+        assert layer.exact_ldj
+    assert not layer.exact_ldj  # the mode is restored
+
+
+def test_estimator_bias_check():
+    assert check_estimator_unbiased(NoisyLdj(D), torch.randn(3, D)) < 4
+    with pytest.raises(AssertionError, match="biased"):
+        check_estimator_unbiased(NoisyLdj(D, bias=0.5), torch.randn(3, D))
+    with pytest.raises(AssertionError, match="does not vary"):
+        check_estimator_unbiased(ElementwiseAffine(D), torch.randn(3, D))
+
+
+def test_failures_name_sampling_direction_layers():
+    with pytest.raises(AssertionError, match=r"Inverse\(WrongLdj\)"):
+        check_bijector(Inverse(WrongLdj(D)), torch.randn(4, D))
+    assert "sampling-direction layer ElementwiseAffine" in repr(Inverse(ElementwiseAffine(D)))

@@ -12,11 +12,21 @@ so that, by the change of variables,
 ``ldj`` is always summed over every non-batch dimension, is in nats, and has shape ``(B,)``.
 Both methods always return a tuple; no return type depends on an argument.
 
+A layer whose ldj is a stochastic *estimate* (i-ResNet's power series, FFJORD's Hutchinson
+trace) sets ``ldj_is_estimate = True`` and computes the exact ldj inside :func:`exact_ldj`;
+it is checked in that exact mode, and its estimator separately for bias
+(:func:`common.flows.testing.check_estimator_unbiased`). A layer written in the sampling
+direction (its ``forward`` is the closed-form map from base to data, as in IAF and the
+manifold flows) is used, and checked, wrapped in :class:`Inverse`.
+
 References: Dinh et al., NICE (arXiv:1410.8516), Eq. (1)-(2); Papamakarios et al., "Normalizing
 Flows for Probabilistic Modeling and Inference" (arXiv:1912.02762), Sec. 2.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +39,7 @@ __all__ = [
     "InverseNotAvailableError",
     "Permutation",
     "Reverse",
+    "exact_ldj",
     "sum_except_batch",
 ]
 
@@ -39,6 +50,21 @@ class InputOutsideDomainError(ValueError):
 
 class InverseNotAvailableError(NotImplementedError):
     """The bijector has no tractable inverse in this direction."""
+
+
+@contextmanager
+def exact_ldj(module: nn.Module) -> Iterator[None]:
+    """Within the block, every layer of ``module`` whose ldj is an estimate computes it
+    exactly (the mode ``check_bijector`` runs them in)."""
+    layers = [m for m in module.modules() if getattr(m, "ldj_is_estimate", False)]
+    before = [m.exact_ldj for m in layers]
+    for m in layers:
+        m.exact_ldj = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, before, strict=True):
+            m.exact_ldj = flag
 
 
 def sum_except_batch(t: Tensor) -> Tensor:
@@ -52,7 +78,12 @@ class Bijector(nn.Module):
     Subclasses implement :meth:`forward` and :meth:`inverse`; both take ``(B, ...)`` tensors and
     an optional ``context`` (for conditional flows) and return ``(output, ldj)`` with ``ldj`` of
     shape ``(B,)``. All state lives in parameters or buffers, so that ``state_dict`` round trips.
+    ``ldj_is_estimate``: the ldj is an unbiased stochastic estimate unless ``exact_ldj`` is on
+    (a mode like ``training``, not state: it is set by :func:`exact_ldj`).
     """
+
+    ldj_is_estimate: bool = False
+    exact_ldj: bool = False
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -91,12 +122,16 @@ class Compose(Bijector):
 
 
 class Inverse(Bijector):
-    """The inverse of a bijector: swaps its ``forward`` and ``inverse`` (e.g. to make the fast
-    direction of an autoregressive layer the sampling direction, as IAF does)."""
+    """The inverse of a bijector: swaps its ``forward`` and ``inverse``. This is how a layer
+    written in the sampling direction (IAF; the torus and sphere flows, whose ``forward`` maps
+    base to data in closed form) enters a flow, whose ``forward`` maps data to latent."""
 
     def __init__(self, bijector: Bijector) -> None:
         super().__init__()
         self.bijector = bijector
+
+    def extra_repr(self) -> str:
+        return f"sampling-direction layer {type(self.bijector).__name__}"
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.bijector.inverse(x, context)

@@ -10,6 +10,10 @@ Checked, in order:
 4. the same for the inverse direction;
 5. gradients of a scalar of (z, ldj) reach every trainable parameter, finite and not all zero;
 6. ``state_dict`` round trip: a fresh copy loaded with the perturbed state gives the same output.
+
+Layers whose ldj is a stochastic estimate are checked in their exact mode
+(:func:`common.flows.bijector.exact_ldj`); :func:`check_estimator_unbiased` checks the
+estimator itself against the exact ldj.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.flows.bijector import Bijector
+from common.flows.bijector import Bijector, Inverse, exact_ldj
 from common.flows.logdet import jacobian_logabsdet
 
-__all__ = ["BijectorCheck", "check_bijector", "perturb_parameters"]
+__all__ = ["BijectorCheck", "check_bijector", "check_estimator_unbiased", "perturb_parameters"]
 
 
 @dataclass
@@ -35,6 +39,7 @@ class BijectorCheck:
     forward_jacobian_error: float
     inverse_jacobian_error: float
     num_parameters: int
+    exact_mode: bool  # some layer estimates its ldj; the check ran it exactly
 
 
 def perturb_parameters(module: torch.nn.Module, scale: float, seed: int) -> None:
@@ -62,14 +67,27 @@ def check_bijector(
     """Assert the bijector contract on ``x`` of shape ``(B, ...)`` (a small batch: the Jacobian
     is built densely). Raises ``AssertionError`` naming the failed property; returns the errors.
 
-    The layer is not modified: the checks run on a float64 deep copy in eval mode.
+    The layer is not modified: the checks run on a float64 deep copy in eval mode, in exact
+    mode for layers that estimate their ldj.
     """
     pristine = copy.deepcopy(layer).double().eval()
     f = copy.deepcopy(pristine)
     perturb_parameters(f, perturb_scale, seed)
+    estimating = any(getattr(m, "ldj_is_estimate", False) for m in f.modules())
+    with exact_ldj(f), exact_ldj(pristine):
+        result = _check(f, pristine, x, context, atol, seed, check_gradients, _name(layer))
+    return BijectorCheck(*result, exact_mode=estimating)
+
+
+def _name(layer: Bijector) -> str:
+    if isinstance(layer, Inverse):
+        return f"Inverse({_name(layer.bijector)})"
+    return type(layer).__name__
+
+
+def _check(f, pristine, x, context, atol, seed, check_gradients, name) -> tuple:
     x = x.detach().double()
     context = None if context is None else context.detach().double()
-    name = type(layer).__name__
 
     z, ldj = f(x, context)
     assert isinstance(ldj, Tensor) and ldj.shape == (x.shape[0],), (
@@ -128,4 +146,27 @@ def check_bijector(
         f"{name}: a copy loaded from state_dict behaves differently: some state is not in "
         "parameters or buffers"
     )
-    return BijectorCheck(round_trip, ldj_sum, fwd_err, inv_err, len(params))
+    return round_trip, ldj_sum, fwd_err, inv_err, len(params)
+
+
+def check_estimator_unbiased(
+    layer: Bijector, x: Tensor, num_draws: int = 2000, z_max: float = 4.0, seed: int = 0
+) -> float:
+    """Assert that the layer's ldj estimate is unbiased on ``x``: over ``num_draws`` draws, the
+    mean estimate of each example differs from the exact ldj by less than ``z_max`` standard
+    errors (and the estimate does vary: a constant "estimate" is an exact mode left on).
+    Runs in float64 on a perturbed copy in eval mode; returns the largest |z|."""
+    f = copy.deepcopy(layer).double().eval()
+    perturb_parameters(f, 0.1, seed)
+    x = x.detach().double()
+    name = _name(layer)
+    with torch.no_grad():
+        with exact_ldj(f):
+            exact = f(x)[1]
+        torch.manual_seed(seed)
+        draws = torch.stack([f(x)[1] for _ in range(num_draws)])  # (num_draws, B)
+    std = draws.std(0)
+    assert (std > 0).all(), f"{name}: the ldj estimate does not vary: is it exact already?"
+    z = ((draws.mean(0) - exact) / (std / num_draws**0.5)).abs().max().item()
+    assert z < z_max, f"{name}: the ldj estimate is biased ({z:.1f} standard errors off)"
+    return z
