@@ -41,7 +41,7 @@ def cylindrical_points(n: int, seed: int = 0) -> torch.Tensor:
 def sphere_layers() -> dict[str, object]:
     torch.manual_seed(0)
     return {
-        "recursive": RecursiveSphereFlow(num_bins=8, hidden=16),
+        "recursive": RecursiveSphereFlow(num_bins=8, hidden_features=16),
         "emsre": Compose(ExpMapFlow(RadialPotential(3)), ExpMapFlow(RadialPotential(2))),
         "emp": ExpMapFlow(QuadraticPotential()),
     }
@@ -50,7 +50,7 @@ def sphere_layers() -> dict[str, object]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_autoregressive_torus_flow_passes_invariance_check(family):
     torch.manual_seed(1)
-    layer = AutoregressiveTorusFlow(3, circle_map(family, 4), hidden=16)
+    layer = AutoregressiveTorusFlow(3, circle_map(family, 4), hidden_features=16)
     theta = 0.2 + (TWO_PI - 0.4) * torch.rand(5, 3)
     check_bijector(layer, theta, perturb_scale=0.3, atol=1e-7)
 
@@ -165,7 +165,7 @@ def test_samples_log_density_matches_density_evaluation():
     for cfg_model, target in [
         (TorusFlowModel(family="mobius", num_layers=2, num_components=3), torus),
         (TorusFlowModel(family="ncp", num_layers=2, num_components=3), torus),
-        (RecursiveSphereModel(spline_bins=8, hidden=16), SphereTarget()),
+        (RecursiveSphereModel(spline_bins=8, hidden_features=16), SphereTarget()),
         (ExpMapModel(potential="radial", num_layers=3, num_components=2), SphereTarget()),
     ]:
         model = _perturbed(build_model(cfg_model, target), 0.3, seed=9)

@@ -97,7 +97,7 @@ class RecursiveSphereFlow(Bijector):
         self,
         circle_map: CircleMap | None = None,
         num_bins: int = 32,
-        hidden: int = 64,
+        hidden_features: int = 64,
         num_hidden: int = 2,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -110,7 +110,7 @@ class RecursiveSphereFlow(Bijector):
             torch.cat([torch.zeros(2 * num_bins), torch.full((num_bins + 1,), 0.5413)])
         )
         # near-identity angle map, components kept distinct
-        self.conditioner = MLP(1, self.map.num_params, hidden, num_hidden)
+        self.conditioner = MLP(1, self.map.num_params, hidden_features, num_hidden)
         self.conditioner.init_output(0.01, self.map.initial_params(g))
 
     def _height(self, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:

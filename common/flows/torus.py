@@ -37,7 +37,7 @@ def circle_features(theta: Tensor) -> Tensor:
 class AutoregressiveTorusFlow(Bijector):
     """One autoregressive layer on Tᴰ whose conditionals are ``circle_map`` flows.
 
-    The conditioner of coordinate d ≥ 2 is an MLP (``num_hidden`` layers of ``hidden``
+    The conditioner of coordinate d ≥ 2 is an MLP (``num_hidden`` layers of ``hidden_features``
     units) on the features of y_{<d}; its last layer starts with small weights and the map's
     near-identity parameters as bias. Shapes: ``(B, D) → (B, D)``, angles in [0, 2π).
     """
@@ -46,7 +46,7 @@ class AutoregressiveTorusFlow(Bijector):
         self,
         dim: int,
         circle_map: CircleMap,
-        hidden: int = 64,
+        hidden_features: int = 64,
         num_hidden: int = 2,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -57,7 +57,7 @@ class AutoregressiveTorusFlow(Bijector):
         self.first = nn.Parameter(circle_map.initial_params(g))  # (P,): p_1
         self.conditioners = nn.ModuleList()
         for d in range(1, dim):
-            net = MLP(2 * d, circle_map.num_params, hidden, num_hidden, activation="relu")
+            net = MLP(2 * d, circle_map.num_params, hidden_features, num_hidden, activation="relu")
             self.conditioners.append(net.init_output(0.01, circle_map.initial_params(g)))
 
     def _params(self, y: Tensor, d: int) -> Tensor:

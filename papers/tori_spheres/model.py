@@ -22,20 +22,29 @@ from common.flows.manifolds import UniformSphere, UniformTorus
 from common.flows.sphere import ExpMapFlow, QuadraticPotential, RadialPotential, RecursiveSphereFlow
 from common.flows.torus import AutoregressiveTorusFlow
 from common.run.config import ConfigError, StrictModel
+from common.run.targets import Target
 
-__all__ = ["ExpMapModel", "RecursiveSphereModel", "TorusFlowModel", "build_model"]
+__all__ = [
+    "ExpMapModel",
+    "RecursiveSphereModel",
+    "TorusFlowModel",
+    "build_expmap_flow",
+    "build_model",
+    "build_recursive_sphere_flow",
+    "build_torus_flow",
+]
 
 
 class TorusFlowModel(StrictModel):
     """Autoregressive flow on T² (Sec. 3): ``num_layers`` layers, the coordinate order reversed
     between them; conditionals from ``family`` with ``num_components`` Möbius centres, NCP
-    projections or spline bins; conditioner MLPs of ``num_hidden`` × ``hidden`` units."""
+    projections or spline bins; conditioner MLPs of ``num_hidden`` × ``hidden_features`` units."""
 
     name: Literal["torus_autoregressive"] = "torus_autoregressive"
     family: Literal["mobius", "spline", "ncp"]
     num_layers: int = Field(2, gt=0)
     num_components: int = Field(8, gt=0)
-    hidden: int = Field(64, gt=0)
+    hidden_features: int = Field(64, gt=0, description="width of the conditioner MLPs")
     num_hidden: int = Field(2, ge=0)
 
 
@@ -47,7 +56,7 @@ class RecursiveSphereModel(StrictModel):
     name: Literal["sphere_recursive"] = "sphere_recursive"
     mobius_centres: int = Field(12, gt=0)
     spline_bins: int = Field(32, gt=0)
-    hidden: int = Field(64, gt=0)
+    hidden_features: int = Field(64, gt=0, description="width of the conditioner MLPs")
     num_hidden: int = Field(2, ge=0)
 
 
@@ -61,35 +70,51 @@ class ExpMapModel(StrictModel):
     num_components: int = Field(1, gt=0, description="radial terms per layer (EMSRE only)")
 
 
-def build_model(cfg, target) -> Flow:
-    """The flow of ``cfg`` on ``target``'s manifold; raises ConfigError on a mismatch."""
-    manifold, dim = "torus" if cfg.name == "torus_autoregressive" else "sphere", target.domain.dim
-    if manifold != target.domain.kind:
-        raise ConfigError(
-            f"model {cfg.name!r} lives on a {manifold}, target {target.name!r} on a "
-            f"{target.domain.kind}"
-        )
-    if cfg.name == "torus_autoregressive":
-        layers = []
-        for i in range(cfg.num_layers):
-            if i:
-                layers.append(Reverse(dim))
-            cmap = circle_map(cfg.family, cfg.num_components)
-            layers.append(AutoregressiveTorusFlow(dim, cmap, cfg.hidden, cfg.num_hidden))
-        return Flow(Inverse(Compose(*layers)), UniformTorus(dim))
-    if cfg.name == "sphere_recursive":
-        layer = RecursiveSphereFlow(
-            circle_map("mobius", cfg.mobius_centres), cfg.spline_bins, cfg.hidden, cfg.num_hidden
-        )
-        return Flow(Inverse(Compose(layer)), UniformSphere(2))
+def _check_domain(cfg, target: Target, kind: str) -> None:
+    if target.domain.kind != kind:
+        raise ConfigError(f"model {cfg.name!r} lives on a {kind}, target {target.name!r} on a "
+                          f"{target.domain.kind}")  # fmt: skip
+
+
+def build_torus_flow(cfg: TorusFlowModel, target: Target) -> Flow:
+    _check_domain(cfg, target, "torus")
+    dim, layers = target.domain.dim, []
+    for i in range(cfg.num_layers):
+        if i:
+            layers.append(Reverse(dim))
+        cmap = circle_map(cfg.family, cfg.num_components)
+        layers.append(AutoregressiveTorusFlow(dim, cmap, cfg.hidden_features, cfg.num_hidden))
+    return Flow(Inverse(Compose(*layers)), UniformTorus(dim))
+
+
+def build_recursive_sphere_flow(cfg: RecursiveSphereModel, target: Target) -> Flow:
+    _check_domain(cfg, target, "sphere")
+    cmap = circle_map("mobius", cfg.mobius_centres)
+    layer = RecursiveSphereFlow(cmap, cfg.spline_bins, cfg.hidden_features, cfg.num_hidden)
+    return Flow(Inverse(Compose(layer)), UniformSphere(2))
+
+
+def build_expmap_flow(cfg: ExpMapModel, target: Target) -> Flow:
+    _check_domain(cfg, target, "sphere")
     if cfg.potential == "quadratic" and cfg.num_components != 1:
         raise ConfigError("model.num_components applies to the radial potential (EMSRE) only")
-    layers = [
-        ExpMapFlow(
-            RadialPotential(cfg.num_components)
-            if cfg.potential == "radial"
-            else QuadraticPotential()
-        )
-        for _ in range(cfg.num_layers)
-    ]
+
+    def potential():
+        if cfg.potential == "radial":
+            return RadialPotential(cfg.num_components)
+        return QuadraticPotential()
+
+    layers = [ExpMapFlow(potential()) for _ in range(cfg.num_layers)]
     return Flow(Inverse(Compose(*layers)), UniformSphere(2))
+
+
+BUILDERS = {
+    TorusFlowModel: build_torus_flow,
+    RecursiveSphereModel: build_recursive_sphere_flow,
+    ExpMapModel: build_expmap_flow,
+}
+
+
+def build_model(cfg: TorusFlowModel | RecursiveSphereModel | ExpMapModel, target: Target) -> Flow:
+    """The flow of ``cfg`` on ``target``'s manifold; raises ConfigError on a mismatch."""
+    return BUILDERS[type(cfg)](cfg, target)
