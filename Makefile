@@ -10,7 +10,7 @@ CORES  ?= 2
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup reproduce test lint format mlflow-ui clean
+.PHONY: setup reproduce test bench lint format mlflow-ui clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+## Speed against zuko, nflows, normflows and FrEIA (installs them, an optional extra); writes
+## reports/performance.md. A few minutes; run it on a quiet machine.
+bench: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m benchmarks.run --out reports/performance.md
 
 lint: setup
 	$(BIN)/ruff check --fix .

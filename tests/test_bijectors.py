@@ -18,7 +18,7 @@ from common.flows.bijector import (
     Reverse,
     exact_ldj,
 )
-from common.flows.coupling import Coupling, alternating_mask
+from common.flows.coupling import Coupling, alternating_mask, half_mask
 from common.flows.dequantize import Logit
 from common.flows.elementwise import (
     Additive,
@@ -56,6 +56,8 @@ LAYERS = {
     "sigmoid_affine_coupling": lambda: coupling(SigmoidAffine),
     "spline_coupling": lambda: coupling(SPLINE),
     "irregular_mask_coupling": lambda: coupling(Affine, mask=IRREGULAR),
+    "half_mask_coupling": lambda: coupling(Affine, mask=half_mask(D, 0)),
+    "half_mask_coupling_transformed_first": lambda: coupling(SPLINE, mask=half_mask(D, 1)),
     "lu_linear": lambda: LULinear(D, seed=1),
     "inverse_of_coupling": lambda: Inverse(coupling(Affine)),
     "compose": lambda: Compose(
@@ -235,3 +237,10 @@ def test_failures_name_sampling_direction_layers():
     with pytest.raises(AssertionError, match=r"Inverse\(WrongLdj\)"):
         check_bijector(Inverse(WrongLdj(D)), torch.randn(4, D))
     assert "sampling-direction layer ElementwiseAffine" in repr(Inverse(ElementwiseAffine(D)))
+
+
+def test_half_masks_merge_by_concatenation():
+    assert half_mask(5, 0).tolist() == [True, True, True, False, False]
+    assert half_mask(5, 1).tolist() == [False, False, False, True, True]
+    assert coupling(Affine, mask=half_mask(D, 1))._blocks == "transformed_first"
+    assert coupling(Affine)._blocks is None  # alternating features: one gather

@@ -205,3 +205,19 @@ def test_float32_round_trip_on_real_digits(digits_batch):
         assert err < 1e-4, f"{name}: float32 round trip error {err:.2e}"
     split = LAYERS["split_learned_prior"]()
     assert _float32_round_trip(split, x4)[0] < 1e-4
+
+
+def test_conv1x1_cache_follows_parameter_updates():
+    """Without a gradient the weights and inverse are cached; an in-place update (what an
+    optimiser step does) must invalidate them."""
+    layer = InvertibleConv1x1(C, lu=True).eval()
+    x = torch.randn(2, C, H, W)
+    with torch.no_grad():
+        z, _ = layer(x)
+        assert torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+        layer.lu.upper.add_(0.3)  # the parameters change in place
+        z2, _ = layer(x)
+        assert not torch.allclose(z2, z)
+        assert torch.allclose(layer.inverse(z2)[0], x, atol=1e-5)
+    z_grad, _ = layer(x)  # with a gradient: computed afresh, differentiable
+    assert torch.equal(z_grad, z2) and z_grad.requires_grad

@@ -95,8 +95,8 @@ class Bijector(nn.Module):
 class Compose(Bijector):
     """Sequential composition ``f_K ∘ … ∘ f_1``; ``forward`` applies ``layers[0]`` first.
 
-    ldj accumulates as a sum; the accumulator is allocated with ``x.new_zeros`` so it lives on
-    the input's device and dtype.
+    ldj accumulates as a sum starting from the first layer's (an empty composition returns
+    ``x.new_zeros``, on the input's device and dtype).
     """
 
     def __init__(self, *layers: Bijector) -> None:
@@ -104,18 +104,18 @@ class Compose(Bijector):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ldj = x.new_zeros(x.shape[0])
+        ldj = None  # the first layer's ldj starts the sum: one addition fewer than 0 + …
         for layer in self.layers:
             x, layer_ldj = layer(x, context)
-            ldj = ldj + layer_ldj
-        return x, ldj
+            ldj = layer_ldj if ldj is None else ldj + layer_ldj
+        return x, x.new_zeros(x.shape[0]) if ldj is None else ldj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ldj = z.new_zeros(z.shape[0])
+        ldj = None
         for layer in reversed(self.layers):
             z, layer_ldj = layer.inverse(z, context)
-            ldj = ldj + layer_ldj
-        return z, ldj
+            ldj = layer_ldj if ldj is None else ldj + layer_ldj
+        return z, z.new_zeros(z.shape[0]) if ldj is None else ldj
 
     def __len__(self) -> int:
         return len(self.layers)

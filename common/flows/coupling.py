@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from common.flows.bijector import Bijector, InputOutsideDomainError, sum_except_batch
 from common.flows.elementwise import MapFactory
 
-__all__ = ["Coupling", "ImageCoupling", "NetFactory", "alternating_mask", "checkerboard_mask"]
+__all__ = [
+    "Coupling",
+    "ImageCoupling",
+    "NetFactory",
+    "alternating_mask",
+    "checkerboard_mask",
+    "half_mask",
+]
 
 NetFactory = Callable[[int, int], nn.Module]
 """Builds a conditioner ``(B, in_features, ...) → (B, out_features, ...)``."""
@@ -38,6 +45,19 @@ def alternating_mask(num_features: int, parity: int) -> Tensor:
     """Boolean mask selecting the features whose index has the given parity (0: even, 1: odd):
     NICE's alternating partition of the input (Sec. 5.1)."""
     return torch.arange(num_features) % 2 == parity
+
+
+def half_mask(num_features: int, parity: int) -> Tensor:
+    """Boolean mask selecting the first ⌈D/2⌉ features (parity 0) or the last ⌊D/2⌋ (parity 1):
+    contiguous halves, split and merged without any gather (alternate the parity, or put a
+    permutation between couplings, so that every feature gets transformed)."""
+    mask = torch.zeros(num_features, dtype=torch.bool)
+    half = (num_features + 1) // 2
+    if parity == 0:
+        mask[:half] = True
+    else:
+        mask[half:] = True
+    return mask
 
 
 def checkerboard_mask(height: int, width: int, parity: int) -> Tensor:
@@ -65,8 +85,8 @@ class Coupling(Bijector):
     """Coupling layer on ``(B, D)``: the features where ``mask`` is True (x₁) condition the map
     of the others (x₂). The network sees ``(B, |x₁| + context_features)`` and returns the map's
     ``num_params · |x₂|`` parameters (block-major). Masks that are slices (every other feature,
-    a contiguous half) are split by views, other masks by indexing; the halves are merged by
-    one gather."""
+    a contiguous half) are split by views, other masks by indexing; contiguous halves
+    (:func:`half_mask`) are merged by one concatenation, other masks by one gather."""
 
     def __init__(
         self,
@@ -85,7 +105,11 @@ class Coupling(Bijector):
         self.conditioner = conditioner(
             len(identity) + context_features, self.map.num_params * len(transformed)
         )
-        self._slices = (_as_slice(identity), _as_slice(transformed))
+        self._slices = s1, s2 = (_as_slice(identity), _as_slice(transformed))
+        contiguous = s1 is not None and s2 is not None and s1.step in (None, 1) and s2.step in (
+            None, 1) and len(identity) > 1 and len(transformed) > 1  # fmt: skip
+        first = "identity_first" if int(identity[0]) == 0 else "transformed_first"
+        self._blocks = first if contiguous else None
         self.register_buffer("identity_idx", identity)
         self.register_buffer("transformed_idx", transformed)
         # z = cat(x₁, z₂)[:, unshuffle] restores the original feature order
@@ -102,8 +126,10 @@ class Coupling(Bijector):
         return x1, x2
 
     def _merge(self, x1: Tensor, x2: Tensor) -> Tensor:
-        # one gather back to the original order (writing into slices of an empty tensor is no
-        # faster here, and changes the rounding of the gradients' batch sums)
+        if self._blocks is not None:  # contiguous halves: one concatenation in feature order
+            return torch.cat([x1, x2] if self._blocks == "identity_first" else [x2, x1], dim=1)
+        # interleaved: one gather back to the original order (writing into slices of an empty
+        # tensor is no faster, and changes the rounding of the gradients' batch sums)
         return torch.cat([x1, x2], dim=1).index_select(1, self.unshuffle)
 
     def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:

@@ -140,6 +140,20 @@ class InvertibleConv1x1(Bijector):
         U_inv = torch.linalg.solve_triangular(U, eye, upper=True)
         return U_inv @ L_inv @ self.lu.P.T
 
+    def _cached(self, name: str, compute):
+        """``compute()`` once per parameter state when no gradient is recorded (sampling,
+        evaluation): keyed on the parameters' version counters, which every in-place update
+        (an optimiser step, ``load_state_dict``) bumps, and on their dtype and device. With a
+        gradient recorded it is computed afresh, so that it stays differentiable; inside
+        ``torch.compile`` too (the compiled graph holds the computation)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return compute()  # differentiable; or traced once into a compiled graph
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        cache = self.__dict__.setdefault("_cache", {})
+        if cache.get(name, (None,))[0] != key:
+            cache[name] = (key, compute())
+        return cache[name][1]
+
     def _check(self, x: Tensor) -> None:
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise InputOutsideDomainError(
@@ -148,14 +162,14 @@ class InvertibleConv1x1(Bijector):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)
-        W, logdet = self._weight_and_logdet()
+        W, logdet = self._cached("weight", self._weight_and_logdet)
         z = torch.einsum("ij,bj...->bi...", W, x)  # (B, C, H, W)
         return z, (_num_positions(x) * logdet).expand(x.shape[0])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z)
-        _, logdet = self._weight_and_logdet()
-        x = torch.einsum("ij,bj...->bi...", self._inverse_weight(), z)
+        _, logdet = self._cached("weight", self._weight_and_logdet)
+        x = torch.einsum("ij,bj...->bi...", self._cached("inverse", self._inverse_weight), z)
         return x, -(_num_positions(z) * logdet).expand(z.shape[0])
 
 

@@ -153,8 +153,10 @@ class _Run:
         self.polyak = Polyak(self.model, self.tc.polyak_decay) if self.tc.polyak_decay else None
         self.state = TrainState()
         self.run_id: str | None = None
+        # static shapes: every training batch has the same shape (drop-last); a data-dependent
+        # init (ActNorm) recompiles once, and dynamic shapes would be slower and fragile
         loss = objective.loss
-        self.loss_fn = torch.compile(loss) if self.tc.compile else loss
+        self.loss_fn = torch.compile(loss, dynamic=False) if self.tc.compile else loss
 
     @property
     def eval_model(self) -> Flow:

@@ -1,0 +1,288 @@
+"""Matched models: the same flow written in this project and in each peer library.
+
+Every builder returns a :class:`Subject`: ``log_prob(x)`` and ``sample(n)`` as the library
+spells them, its module (for the parameter count and the gradients), and, for ours, the
+conditioner networks with the inputs they see (to time the flow against its bare networks).
+
+Rows (issue 9, section 4):
+
+- ``realnvp_vectors``: D = 16, 5 affine couplings, each transforming one half of the features
+  given the other (the halves alternate), each conditioner an
+  MLP 8 → 64 → 64 → 16 (ReLU), batch 1024;
+- ``glow_steps``: K = 4 Glow steps (ActNorm → 1×1 convolution → affine coupling whose network
+  is conv3×3 → ReLU → conv1×1 → ReLU → conv3×3, width 64) on ``(32, 12, 16, 16)``.
+
+Where a peer lacks a layer, the closest it has is used and the report says so: FrEIA has no
+learned 1×1 convolution (its Glow-style ``AllInOneBlock`` mixes channels with a fixed random
+orthogonal matrix and normalises after the coupling), zuko has no image layers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ROWS", "Row", "Subject", "library_version"]
+
+D, COUPLINGS, HIDDEN, VECTOR_BATCH = 16, 5, 64, 1024
+IMAGE_SHAPE, STEPS, WIDTH, IMAGE_BATCH = (12, 16, 16), 4, 64, 32
+
+
+@dataclass
+class Subject:
+    """One library's model of one row."""
+
+    module: nn.Module
+    log_prob: Callable[[Tensor], Tensor]
+    sample: Callable[[int], Tensor]
+    note: str = ""
+    # each conditioner network with an input of the shape it sees, requiring a gradient where
+    # the flow's input to it does (so the bare networks do the same backward work)
+    conditioners: list[tuple[nn.Module, Tensor]] = field(default_factory=list)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+
+@dataclass
+class Row:
+    name: str
+    title: str
+    batch: int
+    make_input: Callable[[], Tensor]
+    builders: dict[str, Callable[[], Subject]]
+
+
+def library_version(library: str) -> str:
+    dist = {"ours": "flows-reproduced", "FrEIA": "FrEIA"}.get(library, library)
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _mlp(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_in, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, n_out),
+    )
+
+
+def _glow_net(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(n_in, WIDTH, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(WIDTH, WIDTH, 1),
+        nn.ReLU(),
+        nn.Conv2d(WIDTH, n_out, 3, padding=1),
+    )
+
+
+class _IgnoresContext(nn.Module):
+    """nflows calls its transform networks as ``net(inputs, context)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+
+def _gaussian_log_prob(z: Tensor) -> Tensor:
+    return -0.5 * (z**2).flatten(1).sum(1) - 0.5 * z[0].numel() * torch.log(
+        2 * torch.tensor(torch.pi)
+    )
+
+
+# --- realnvp_vectors ----------------------------------------------------------------------------
+
+
+def ours_realnvp() -> Subject:
+    from common.flows.bijector import Compose
+    from common.flows.coupling import Coupling, half_mask
+    from common.flows.distributions import StandardNormal
+    from common.flows.elementwise import Affine
+    from common.flows.flow import Flow
+    from common.flows.nets import MLP
+
+    def mlp(n_in, n_out):
+        return MLP(n_in, n_out, HIDDEN, 2)
+
+    # contiguous halves, alternating: split by views and merged by one concatenation
+    couplings = [Coupling(half_mask(D, k % 2), Affine, mlp) for k in range(COUPLINGS)]
+    flow = Flow(Compose(*couplings), StandardNormal(D))
+    # inputs that need a gradient wherever the flow's do (all but the first coupling's)
+    nets = [
+        (c.conditioner, torch.randn(VECTOR_BATCH, D // 2).requires_grad_(k > 0))
+        for k, c in enumerate(couplings)
+    ]
+    return Subject(flow, flow.log_prob, lambda n: flow.sample(n), conditioners=nets)
+
+
+def zuko_realnvp() -> Subject:
+    import zuko
+
+    flow = zuko.flows.RealNVP(D, transforms=COUPLINGS, hidden_features=(HIDDEN, HIDDEN))
+    return Subject(flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
+
+
+def nflows_realnvp() -> Subject:
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import AffineCouplingTransform, CompositeTransform
+
+    masks = [(torch.arange(D) % 2 == k % 2).int() for k in range(COUPLINGS)]
+    transform = CompositeTransform(
+        [AffineCouplingTransform(m, lambda i, o: _IgnoresContext(_mlp(i, o))) for m in masks]
+    )
+    flow = Flow(transform, StandardNormal([D]))
+    return Subject(flow, flow.log_prob, flow.sample)
+
+
+def normflows_realnvp() -> Subject:
+    import normflows as nf
+
+    flows = []
+    for _ in range(COUPLINGS):
+        net = nf.nets.MLP([D // 2, HIDDEN, HIDDEN, D], init_zeros=True)
+        flows += [nf.flows.AffineCouplingBlock(net), nf.flows.Permute(D, mode="swap")]
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(D, trainable=False), flows)
+    return Subject(
+        model,
+        model.log_prob,
+        lambda n: model.sample(n)[0],
+        note="a swap permutation between couplings",
+    )
+
+
+def freia_realnvp() -> Subject:
+    import FrEIA.framework as Ff
+    import FrEIA.modules as Fm
+
+    inn = Ff.SequenceINN(D)
+    for k in range(COUPLINGS):
+        inn.append(Fm.AffineCouplingOneSided, subnet_constructor=_mlp, clamp=2.0)
+        inn.append(Fm.PermuteRandom, seed=k)
+
+    def log_prob(x):
+        z, ljd = inn(x)
+        return _gaussian_log_prob(z) + ljd
+
+    return Subject(
+        inn,
+        log_prob,
+        lambda n: inn(torch.randn(n, D), rev=True)[0],
+        note="a fixed random permutation between couplings",
+    )
+
+
+# --- glow_steps ---------------------------------------------------------------------------------
+
+
+def ours_glow() -> Subject:
+    from common.flows.bijector import Compose
+    from common.flows.coupling import ImageCoupling
+    from common.flows.distributions import StandardNormal
+    from common.flows.elementwise import SigmoidAffine
+    from common.flows.flow import Flow
+    from common.flows.image import ActNorm, InvertibleConv1x1
+    from common.flows.nets import GlowConditioner
+
+    C, H, W = IMAGE_SHAPE
+    layers, nets = [], []
+    for _ in range(STEPS):
+        coupling = ImageCoupling(C, SigmoidAffine, lambda i, o: GlowConditioner(i, o, WIDTH))
+        layers += [ActNorm(C), InvertibleConv1x1(C, lu=True), coupling]
+        # its input depends on the ActNorm and 1×1 convolution before it: it needs a gradient
+        inputs = torch.randn(IMAGE_BATCH, C // 2, H, W, requires_grad=True)
+        nets.append((coupling.conditioner, inputs))
+    flow = Flow(Compose(*layers), StandardNormal(IMAGE_SHAPE))
+    return Subject(flow, flow.log_prob, lambda n: flow.sample(n), conditioners=nets)
+
+
+def nflows_glow() -> Subject:
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform
+    from nflows.transforms.conv import OneByOneConvolution
+
+    C = IMAGE_SHAPE[0]
+    mask = (torch.arange(C) >= C // 2).int()
+    layers = []
+    for _ in range(STEPS):
+        layers += [
+            ActNorm(C),
+            OneByOneConvolution(C, using_cache=False),
+            AffineCouplingTransform(mask, lambda i, o: _IgnoresContext(_glow_net(i, o))),
+        ]
+    flow = Flow(CompositeTransform(layers), StandardNormal(list(IMAGE_SHAPE)))
+    return Subject(flow, flow.log_prob, flow.sample)
+
+
+def normflows_glow() -> Subject:
+    import normflows as nf
+
+    C = IMAGE_SHAPE[0]
+    flows = [nf.flows.GlowBlock(C, WIDTH, split_mode="channel", scale=True) for _ in range(STEPS)]
+    q0 = nf.distributions.DiagGaussian(IMAGE_SHAPE, trainable=False)
+    model = nf.NormalizingFlow(q0, flows)
+    return Subject(model, model.log_prob, lambda n: model.sample(n)[0])
+
+
+def freia_glow() -> Subject:
+    import FrEIA.framework as Ff
+    import FrEIA.modules as Fm
+
+    inn = Ff.SequenceINN(*IMAGE_SHAPE)
+    for _ in range(STEPS):
+        inn.append(Fm.AllInOneBlock, subnet_constructor=_glow_net, permute_soft=True)
+
+    def log_prob(x):
+        z, ljd = inn(x)
+        return _gaussian_log_prob(z) + ljd
+
+    return Subject(
+        inn,
+        log_prob,
+        lambda n: inn(torch.randn(n, *IMAGE_SHAPE), rev=True)[0],
+        note="AllInOneBlock: fixed orthogonal 1×1 mixing (no learned LU conv), "
+        "global affine after the coupling",
+    )
+
+
+ROWS = [
+    Row(
+        "realnvp_vectors",
+        "RealNVP on vectors (D = 16, 5 affine couplings, MLP 2 × 64)",
+        VECTOR_BATCH,
+        lambda: torch.randn(VECTOR_BATCH, D),
+        {
+            "ours": ours_realnvp,
+            "zuko": zuko_realnvp,
+            "nflows": nflows_realnvp,
+            "normflows": normflows_realnvp,
+            "FrEIA": freia_realnvp,
+        },
+    ),
+    Row(
+        "glow_steps",
+        "Glow steps (K = 4, width 64) on (32, 12, 16, 16)",
+        IMAGE_BATCH,
+        lambda: torch.randn(IMAGE_BATCH, *IMAGE_SHAPE),
+        {
+            "ours": ours_glow,
+            "nflows": nflows_glow,
+            "normflows": normflows_glow,
+            "FrEIA": freia_glow,
+        },
+    ),
+]

@@ -1,0 +1,42 @@
+"""The benchmark harness: its statistics and verdicts, and a tiny interleaved run of our flows
+(the peer libraries are an optional extra; `make bench` measures them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.models import ROWS
+from benchmarks.run import BARE, bench_row, measure, ratio_interval, verdict, write_report
+
+
+def test_ratio_of_medians_and_its_interval():
+    ours, peer = [1.0, 1.1, 0.9, 1.0, 1.05] * 4, [2.0, 2.2, 1.8, 2.0, 2.1] * 4
+    value, lo, hi = ratio_interval(peer, ours)
+    assert value == pytest.approx(2.0) and lo <= 2.0 <= hi and lo > 1.5
+    assert ratio_interval(ours, peer)[0] == pytest.approx(0.5)  # we are slower: below 1
+
+
+def test_verdicts_follow_the_interval():
+    assert "**meets**" in verdict((1.5, 1.3, 1.7))
+    assert "**misses**" in verdict((1.0, 0.9, 1.1))
+    assert "not resolved" in verdict((1.2, 1.1, 1.3))
+
+
+def test_measure_interleaves_every_callable_every_round():
+    calls = []
+    times = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 1)
+    assert [len(t) for t in times.values()] == [3, 3]
+    timed = calls[4:]  # after two warm-up calls each
+    assert timed == ["a", "b", "b", "a", "a", "b"]  # the starting library rotates
+
+
+def test_a_tiny_run_writes_the_report(tmp_path):
+    results = [
+        (row, 1, bench_row(row, ["ours"], threads=1, rounds=2, inner=1, compile_ours=False))
+        for row in ROWS
+    ]
+    for _, _, result in results:
+        assert set(result["modes"]["train"]) == {"ours", BARE}
+    out = write_report(results, tmp_path / "performance.md", rounds=2, inner=1)
+    text = out.read_text()
+    assert "ours vs our bare conditioner networks" in text and "28,880" in text
