@@ -10,11 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn import datasets as skd
 
 __all__ = ["TOY_DATASETS", "make_toy_splits", "sample_toy"]
 
 Generator = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def _sklearn():
+    """scikit-learn's generators, imported on use: importing scikit-learn takes over a second,
+    and every training job imports this module while only the data builder needs them."""
+    from sklearn import datasets
+
+    return datasets
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -22,16 +29,16 @@ def _seed(rng: np.random.Generator) -> int:
 
 
 def swissroll(rng: np.random.Generator, n: int) -> np.ndarray:
-    x = skd.make_swiss_roll(n, noise=1.0, random_state=_seed(rng))[0]
+    x = _sklearn().make_swiss_roll(n, noise=1.0, random_state=_seed(rng))[0]
     return x[:, [0, 2]] / 5.0
 
 
 def circles(rng: np.random.Generator, n: int) -> np.ndarray:
-    return skd.make_circles(n, factor=0.5, noise=0.08, random_state=_seed(rng))[0] * 3.0
+    return _sklearn().make_circles(n, factor=0.5, noise=0.08, random_state=_seed(rng))[0] * 3.0
 
 
 def moons(rng: np.random.Generator, n: int) -> np.ndarray:
-    x = skd.make_moons(n, noise=0.1, random_state=_seed(rng))[0]
+    x = _sklearn().make_moons(n, noise=0.1, random_state=_seed(rng))[0]
     return x * 2.0 + np.array([-1.0, -0.2])
 
 
@@ -96,7 +103,7 @@ TOY_DATASETS: dict[str, Generator] = {  # keys: common.data_registry.TOY_NAMES
 
 
 def sample_toy(name: str, n: int, seed: int) -> np.ndarray:
-    """``n`` points of toy set ``name`` from a generator seeded with ``seed``: ``(n, 2)`` float32."""
+    """``n`` points of toy set ``name`` drawn with seed ``seed``: ``(n, 2)`` float32."""
     if name not in TOY_DATASETS:
         raise KeyError(f"unknown toy dataset {name!r}; available: {sorted(TOY_DATASETS)}")
     rng = np.random.default_rng(seed)
