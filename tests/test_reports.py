@@ -89,3 +89,18 @@ def test_paper_yaml_errors_name_the_key():
     del meta["claims"][1]["why_not"]  # neither an experiment nor a reason
     with pytest.raises(PaperMetaError, match=r"claims\.1"):
         validate_paper_meta(meta, "glow/paper.yaml")
+
+
+def test_index_budget_sentence_ignores_early_stopping_and_names_differences():
+    from common.run.reports.index import _budget_sentence
+
+    def entry(name, **budget):
+        g = group(name, [2.0])
+        g.runs[0].summary = g.first.model_copy(update={"budget": g.first.budget.model_copy(
+            update=budget)})  # fmt: skip
+        return (name, "glow", g)
+
+    same = [entry("a", max_steps=3000, patience=5), entry("b", max_steps=3000)]
+    assert _budget_sentence(same).startswith("Equal training budget: at most 3,000 steps")
+    different = [entry("a", max_steps=3000), entry("b", max_steps=1000)]
+    assert "budgets differ" in _budget_sentence(different)

@@ -50,3 +50,25 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     assert summary.num_params == int(tags["num_params"]) and summary.data_md5 == tags["data_md5"]
     samples = summary.figure("samples", temperature=1.0)
     assert samples is not None and f"figures/{samples.path.split('/')[-1]}" in listing("figures")
+
+
+def test_dirty_means_code_not_the_pipeline_outputs(tmp_path):
+    import subprocess
+
+    from common.run.tracking import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+                       cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "nice.md").write_text("old")
+    (tmp_path / "model.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    assert git_state(tmp_path)[1] is False
+    (tmp_path / "reports" / "nice.md").write_text("regenerated")
+    assert git_state(tmp_path)[1] is False  # a regenerated report is not a code change
+    (tmp_path / "model.py").write_text("x = 2")
+    assert git_state(tmp_path)[1] is True

@@ -49,14 +49,23 @@ def _artifact_root(tracking_uri: str) -> str:
     return ""  # a tracking server chooses its own
 
 
+# Tracked files the pipeline itself regenerates: changing them does not change the code a run
+# executes, so they never make a run "dirty" (the reports of one paper are rewritten while
+# another paper's jobs are still starting).
+GENERATED = ("reports", "data.dvc")
+
+
 def git_state(cwd: Path = REPO_ROOT) -> tuple[str, bool]:
-    """(commit hash, dirty flag) of the repository, or ("unknown", True) outside git."""
+    """(commit hash, dirty flag) of the repository, or ("unknown", True) outside git. Dirty
+    means a tracked file other than the pipeline's own outputs (:data:`GENERATED`) differs
+    from the commit."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
+        excluded = [f":(exclude){path}" for path in GENERATED]
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
             cwd=cwd, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError):

@@ -30,7 +30,9 @@ def _papers_table(papers: list[str], report_dir: Path, profile: str) -> list[str
 
 
 def _budget_sentence(entries: list[tuple[str, str, Group]]) -> str:
-    budgets = {g.first.budget for _, _, g in entries if g.model != "diagonal_gaussian"}
+    # what the sentence states (early stopping is stated per run, by the best-step column)
+    budgets = {g.first.budget.model_copy(update={"patience": None}) for _, _, g in entries
+               if g.model != "diagonal_gaussian"}  # fmt: skip
     if len(budgets) != 1:
         return "**The training budgets differ** (see the max steps column)"
     b = next(iter(budgets))
