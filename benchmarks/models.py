@@ -103,6 +103,16 @@ def _gaussian_log_prob(z: Tensor) -> Tensor:
     )
 
 
+def _freia_subject(inn: nn.Module, shape: tuple[int, ...], note: str) -> Subject:
+    """A FrEIA ``SequenceINN`` under a standard normal base (FrEIA has no distribution API)."""
+
+    def log_prob(x: Tensor) -> Tensor:
+        z, ljd = inn(x)
+        return _gaussian_log_prob(z) + ljd
+
+    return Subject(inn, log_prob, lambda n: inn(torch.randn(n, *shape), rev=True)[0], note=note)
+
+
 # --- realnvp_vectors ----------------------------------------------------------------------------
 
 
@@ -173,16 +183,7 @@ def freia_realnvp() -> Subject:
         inn.append(Fm.AffineCouplingOneSided, subnet_constructor=_mlp, clamp=2.0)
         inn.append(Fm.PermuteRandom, seed=k)
 
-    def log_prob(x):
-        z, ljd = inn(x)
-        return _gaussian_log_prob(z) + ljd
-
-    return Subject(
-        inn,
-        log_prob,
-        lambda n: inn(torch.randn(n, D), rev=True)[0],
-        note="a fixed random permutation between couplings",
-    )
+    return _freia_subject(inn, (D,), "a fixed random permutation between couplings")
 
 
 # --- glow_steps ---------------------------------------------------------------------------------
@@ -246,17 +247,8 @@ def freia_glow() -> Subject:
     for _ in range(STEPS):
         inn.append(Fm.AllInOneBlock, subnet_constructor=_glow_net, permute_soft=True)
 
-    def log_prob(x):
-        z, ljd = inn(x)
-        return _gaussian_log_prob(z) + ljd
-
-    return Subject(
-        inn,
-        log_prob,
-        lambda n: inn(torch.randn(n, *IMAGE_SHAPE), rev=True)[0],
-        note="AllInOneBlock: fixed orthogonal 1×1 mixing (no learned LU conv), "
-        "global affine after the coupling",
-    )
+    note = "AllInOneBlock: fixed orthogonal 1×1 mixing (no learned LU conv), global affine "
+    return _freia_subject(inn, IMAGE_SHAPE, note + "after the coupling")
 
 
 ROWS = [

@@ -26,21 +26,26 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("paper", help="reports/<paper>.md")
     one.add_argument("--paper", required=True)
-    one.add_argument("--tracking-uri", default=default_tracking_uri(),
-                     help="MLflow store holding the runs' histories")  # fmt: skip
+    one.add_argument(
+        "--tracking-uri",
+        default=default_tracking_uri(),
+        help="MLflow store holding the runs' histories",
+    )
     index = sub.add_parser("index", help="reports/README.md, the cross-paper index")
     index.add_argument("--papers", nargs="+", required=True)
-    index.add_argument("--baseline", type=_baseline, required=True,
-                       help="PAPER/EXPERIMENT of the baseline row (pipelines/config.yaml: "
-                       "index_baseline)")  # fmt: skip
+    index.add_argument(
+        "--baseline",
+        type=_baseline,
+        required=True,
+        help="PAPER/EXPERIMENT of the baseline row (pipelines/config.yaml: index_baseline)",
+    )
     for p in (one, index):
         p.add_argument("--profile", required=True, choices=["smoke", "cpu", "paper"])
         p.add_argument("--metrics", nargs="*", type=Path, default=[])
         p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "paper":
-        path = generate_report(args.paper, args.profile, args.metrics, args.out,
-                               args.tracking_uri)  # fmt: skip
+        path = generate_report(args.paper, args.profile, args.metrics, args.out, args.tracking_uri)
     else:
         path = generate_index(args.profile, args.papers, args.metrics, args.out, args.baseline)
     print(f"wrote {path}")

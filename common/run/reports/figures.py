@@ -21,17 +21,22 @@ def _history(client, run_id: str, metric: str) -> dict[int, float]:
 
 
 def curves_figure(
-    client, groups: list[Group], dataset: str, path: Path, metric: str = "val/nll",
+    client,
+    groups: list[Group],
+    dataset: str,
+    path: Path,
+    metric: str = "val/nll",
     ylabel: str = "validation NLL (nats / example)",
-) -> Path:  # fmt: skip
+) -> Path:
     """``metric`` against steps, every seed of every experiment on ``dataset``."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for i, g in enumerate(groups):
         for j, run in enumerate(g.runs):
             hist = _history(client, run.summary.run_id, metric)
             label = g.experiment if j == 0 else None
-            ax.plot(list(hist), list(hist.values()), color=f"C{i}", alpha=0.8, linewidth=1,
-                    label=label)  # fmt: skip
+            ax.plot(
+                list(hist), list(hist.values()), color=f"C{i}", alpha=0.8, linewidth=1, label=label
+            )
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     if metric.endswith("kl"):
@@ -55,8 +60,14 @@ def ablation_figure(client, groups: list[tuple[str, list[Group]]], path: Path, t
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             values = np.array([[c[t] for t in steps] for c in curves])  # (seeds, steps)
             color = f"C{mi}"
-            ax.plot(steps, values.mean(0), styles[gi % 4], color=color, linewidth=1.4,
-                    label=f"{g.experiment} (n={len(curves)})")  # fmt: skip
+            ax.plot(
+                steps,
+                values.mean(0),
+                styles[gi % 4],
+                color=color,
+                linewidth=1.4,
+                label=f"{g.experiment} (n={len(curves)})",
+            )
             ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15)
     ax.set_xlabel("training step")
     ax.set_ylabel("validation bits / dim")
@@ -96,8 +107,9 @@ def _copy(g: Group, record, name: str, fig_dir: Path) -> Path:
 
 def sample_figures(g: Group, fig_dir: Path, rel: Path) -> list[str]:
     """Sample grids of the first seed, one column per temperature."""
-    records = sorted((f for f in g.first.figures if f.kind == "samples"),
-                     key=lambda f: f.temperature)  # fmt: skip
+    records = sorted(
+        (f for f in g.first.figures if f.kind == "samples"), key=lambda f: f.temperature
+    )
     if not records:
         return []
     cells = []
@@ -111,9 +123,11 @@ def sample_figures(g: Group, fig_dir: Path, rel: Path) -> list[str]:
         return [f"`{g.experiment}` (seed {seed}): samples", "", cells[0][1], ""]
     header = [f"T = {t:g}" for t, _ in cells]
     return [
-        f"`{g.experiment}` (seed {seed}): samples at base temperature T (N(0, T²I))", "",
-        *table(header, [[c for _, c in cells]]), "",
-    ]  # fmt: skip
+        f"`{g.experiment}` (seed {seed}): samples at base temperature T (N(0, T²I))",
+        "",
+        *table(header, [[c for _, c in cells]]),
+        "",
+    ]
 
 
 def density_figure(g: Group, fig_dir: Path, rel: Path) -> list[str]:
@@ -123,6 +137,8 @@ def density_figure(g: Group, fig_dir: Path, rel: Path) -> list[str]:
         return []
     target = _copy(g, record, f"{g.experiment}_density.png", fig_dir)
     return [
-        f"`{g.experiment}` (seed {g.first.seed}): target and model densities", "",
-        f"![{g.experiment} density]({rel / target.name})", "",
-    ]  # fmt: skip
+        f"`{g.experiment}` (seed {g.first.seed}): target and model densities",
+        "",
+        f"![{g.experiment} density]({rel / target.name})",
+        "",
+    ]

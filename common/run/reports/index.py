@@ -21,24 +21,63 @@ def _papers_table(papers: list[str], report_dir: Path, profile: str) -> list[str
     for paper in papers:
         meta = load_paper_meta(paper)
         claim = next((c for c in meta["claims"] if c.get("experiment")), meta["claims"][0])
-        link = f"[{paper}.md]({paper}.md)" if (report_dir / f"{paper}.md").exists() else (
-            "not generated yet")  # fmt: skip
-        headline = (f"{claim['table']}: {claim['dataset']} {claim['value']} {claim['unit']} "
-                    f"(the paper's, at `{claim.get('scale', 'paper')}` scale)")  # fmt: skip
+        link = (
+            f"[{paper}.md]({paper}.md)"
+            if (report_dir / f"{paper}.md").exists()
+            else ("not generated yet")
+        )
+        headline = (
+            f"{claim['table']}: {claim['dataset']} {claim['value']} {claim['unit']} "
+            f"(the paper's, at `{claim.get('scale', 'paper')}` scale)"
+        )
         rows.append([meta["title"], link, f"`{reproduce_command(paper, profile)}`", headline])
     return table(["paper", "report", "reproduce", "headline number (paper)"], rows)
 
 
 def _budget_sentence(entries: list[tuple[str, str, Group]]) -> str:
     # what the sentence states (early stopping is stated per run, by the best-step column)
-    budgets = {g.first.budget.model_copy(update={"patience": None}) for _, _, g in entries
-               if g.model != "diagonal_gaussian"}  # fmt: skip
+    budgets = {
+        g.first.budget.model_copy(update={"patience": None})
+        for _, _, g in entries
+        if g.model != "diagonal_gaussian"
+    }
     if len(budgets) != 1:
         return "**The training budgets differ** (see the max steps column)"
     b = next(iter(budgets))
-    return (f"Equal training budget: at most {b.max_steps:,} steps of batch {b.batch_size} for "
-            f"every flow, {b.optimizer} (lr {b.lr:g}), validation every {b.eval_every} "
-            "steps")  # fmt: skip
+    return (
+        f"Equal training budget: at most {b.max_steps:,} steps of batch {b.batch_size} for "
+        f"every flow, {b.optimizer} (lr {b.lr:g}), validation every {b.eval_every} "
+        "steps"
+    )
+
+
+HEADER = ["paper", "experiment", "test bpd", "test NLL (nats)", "params", "max steps",
+          "best step per seed", "train time/seed"]  # fmt: skip
+
+
+def _side_by_side(entries: list[tuple[str, str, Group]], profile: str, report_dir: Path):
+    """The papers' index experiments and the baseline in one table, with the bar chart."""
+    datasets = ", ".join(sorted({g.dataset for _, _, g in entries}))
+    lines = [
+        "",
+        f"## The papers side by side on {datasets} (scale: `{profile}`)",
+        "",
+        f"{_budget_sentence(entries)}; the test set is scored by the best-validation "
+        "checkpoint; mean ± std over seeds. The best-step column says when each seed's "
+        "validation NLL was lowest; a run with `train.patience` set stops that many "
+        "validations later. These are our numbers at this scale, not the papers'.",
+        "",
+    ]
+    rows = []
+    for label, _, g in entries:
+        best = ", ".join(str(r.summary.best_step) for r in g.runs)
+        rows.append([label, f"`{g.experiment}`", fmt(g.stat("test/bpd")),
+                     fmt(g.stat("test/nll"), 2), f"{g.first.num_params:,}",
+                     f"{g.first.budget.max_steps:,}", best, f"{g.mean_wall():.0f} s"])  # fmt: skip
+    lines += table(HEADER, rows)
+    fig = index_figure(entries, report_dir / "figures" / "index_bpd.png")
+    lines += ["", f"![test bpd by paper]({fig.relative_to(report_dir)})", ""]
+    return lines + provenance_lines([g for _, _, g in entries])
 
 
 def generate_index(
@@ -58,13 +97,16 @@ def generate_index(
     report_dir = out.parent
     suffix = "" if profile == "cpu" else f" --config profile={profile}"
     lines = [
-        "# Reproduction reports", "",
+        "# Reproduction reports",
+        "",
         "The index of this repository's reports: one per paper, generated from MLflow runs by "
         f"`python -m common.run.reports`. This page is generated at the **`{profile}`** profile "
-        f"by `snakemake all{suffix}`. Do not edit by hand.", "",
-        "## Papers", "",
+        f"by `snakemake all{suffix}`. Do not edit by hand.",
+        "",
+        "## Papers",
+        "",
         *_papers_table(papers, report_dir, profile),
-    ]  # fmt: skip
+    ]
 
     entries: list[tuple[str, str, Group]] = []  # (label, paper, runs)
     for paper in papers:
@@ -76,25 +118,6 @@ def generate_index(
         entries.append(("diagonal Gaussian", base_paper, groups[base_paper][base_exp]))
     entries.sort(key=lambda e: e[2].stat("test/bpd")[0])
     if entries:
-        datasets = ", ".join(sorted({g.dataset for _, _, g in entries}))
-        lines += [
-            "", f"## The papers side by side on {datasets} (scale: `{profile}`)", "",
-            f"{_budget_sentence(entries)}; the test set is scored by the best-validation "
-            "checkpoint; mean ± std over seeds. The best-step column says when each seed's "
-            "validation NLL was lowest; a run with `train.patience` set stops that many "
-            "validations later. These are our numbers at this scale, not the papers'.", "",
-        ]  # fmt: skip
-        rows = []
-        for label, _, g in entries:
-            best = ", ".join(str(r.summary.best_step) for r in g.runs)
-            rows.append([label, f"`{g.experiment}`", fmt(g.stat("test/bpd")),
-                         fmt(g.stat("test/nll"), 2), f"{g.first.num_params:,}",
-                         f"{g.first.budget.max_steps:,}", best,
-                         f"{g.mean_wall():.0f} s"])  # fmt: skip
-        lines += table(["paper", "experiment", "test bpd", "test NLL (nats)", "params",
-                        "max steps", "best step per seed", "train time/seed"], rows)  # fmt: skip
-        fig = index_figure(entries, report_dir / "figures" / "index_bpd.png")
-        lines += ["", f"![test bpd by paper]({fig.relative_to(report_dir)})", ""]
-        lines += provenance_lines([g for _, _, g in entries])
+        lines += _side_by_side(entries, profile, report_dir)
     out.write_text("\n".join(lines) + "\n")
     return out

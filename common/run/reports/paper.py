@@ -50,12 +50,28 @@ def _nll_section(by_dataset: dict[str, list[Group]], profile: str, baseline: str
                 verdict = "baseline"
             else:
                 verdict = verdict_vs_baseline(g, base) if base else "no baseline run"
-            rows.append([
-                dataset, f"`{g.experiment}`", fmt(g.stat("test/nll")), fmt(g.stat("test/bpd")),
-                _params(g), f"{g.mean_wall():.1f} s", g.first.device, verdict,
-            ])  # fmt: skip
-    header = ["dataset", "experiment", "test NLL (nats)", "test bpd", "params",
-              "train time/seed", "device", "vs baseline"]  # fmt: skip
+            rows.append(
+                [
+                    dataset,
+                    f"`{g.experiment}`",
+                    fmt(g.stat("test/nll")),
+                    fmt(g.stat("test/bpd")),
+                    _params(g),
+                    f"{g.mean_wall():.1f} s",
+                    g.first.device,
+                    verdict,
+                ]
+            )
+    header = [
+        "dataset",
+        "experiment",
+        "test NLL (nats)",
+        "test bpd",
+        "params",
+        "train time/seed",
+        "device",
+        "vs baseline",
+    ]
     return lines + table(header, rows)
 
 
@@ -64,8 +80,13 @@ def _metric_section(spec: dict, by_dataset: dict[str, list[Group]], profile: str
     per experiment and, per dataset, whether the best experiment meets it."""
     lines = ["", f"## Our experiments (scale: `{profile}`)", "", spec["intro"], ""]
     goal = spec.get("goal")
-    header = ["dataset", "experiment", *(m["label"] for m in spec["metrics"]), "params",
-              "train time/seed"] + ([goal["label"]] if goal else [])  # fmt: skip
+    header = [
+        "dataset",
+        "experiment",
+        *(m["label"] for m in spec["metrics"]),
+        "params",
+        "train time/seed",
+    ] + ([goal["label"]] if goal else [])
     rows, verdicts = [], []
     for dataset, gs in sorted(by_dataset.items()):
         gs.sort(key=lambda g: g.experiment)
@@ -82,8 +103,10 @@ def _metric_section(spec: dict, by_dataset: dict[str, list[Group]], profile: str
         if scored:
             (mean, std, n), best = min(scored, key=lambda t: t[0][0])
             met = "meets" if mean <= goal["at_most"] else "**misses**"
-            verdicts.append(f"- {dataset}: the best, `{best.experiment}`, {met} "
-                            f"{goal['label']} ({mean:.3f} ± {std:.3f}, n={n}).")  # fmt: skip
+            verdicts.append(
+                f"- {dataset}: the best, `{best.experiment}`, {met} "
+                f"{goal['label']} ({mean:.3f} ± {std:.3f}, n={n})."
+            )
     lines += table(header, rows)
     if verdicts:
         lines += ["", f"**Verdicts ({goal['label']}, on the mean over seeds):**", "", *verdicts]
@@ -106,18 +129,24 @@ def _claim_row(claim: dict, groups: dict[str, Group], paper: str, profile: str) 
 
 
 def _ablation_section(client, ab: dict, groups: dict[str, Group], fig_dir: Path, rel: Path):
-    present = [(name, [groups[e] for e in exps if e in groups])
-               for name, exps in ab["groups"].items()]  # fmt: skip
+    present = [
+        (name, [groups[e] for e in exps if e in groups]) for name, exps in ab["groups"].items()
+    ]
     if not any(members for _, members in present):
         return ["", f"## Ablation: {ab['title']}", "", "No ablation runs at this profile.", ""]
     fig = ablation_figure(client, present, fig_dir / "ablation_curves.png", ab["title"])
     lines = [
-        "", f"## Ablation: {ab['title']}", "",
-        f"**The paper:** {ab['paper_says']}", "",
-        f"![ablation curves]({rel / fig.name})", "",
+        "",
+        f"## Ablation: {ab['title']}",
+        "",
+        f"**The paper:** {ab['paper_says']}",
+        "",
+        f"![ablation curves]({rel / fig.name})",
+        "",
         "Validation bits/dim during training (line: mean over seeds; band: min–max). Test "
-        "bits/dim of the best-validation checkpoint, mean ± std over seeds:", "",
-    ]  # fmt: skip
+        "bits/dim of the best-validation checkpoint, mean ± std over seeds:",
+        "",
+    ]
     rows = []
     for name, members in present:
         for g in members:
@@ -127,16 +156,25 @@ def _ablation_section(client, ab: dict, groups: dict[str, Group], fig_dir: Path,
                 stat = g.stat(metric)
                 return "—" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
 
-            rows.append([name, str(rank), f"`{g.experiment}`", text("test/bpd"),
-                         text("best_val/bpd"), str(len(g.runs))])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    str(rank),
+                    f"`{g.experiment}`",
+                    text("test/bpd"),
+                    text("best_val/bpd"),
+                    str(len(g.runs)),
+                ]
+            )
     lines += table(["group", "paper's rank", "experiment", "test bpd", "val bpd", "seeds"], rows)
     lines += ["", "**Verdict at this scale:**", ""]
     for name, members in present:
         missing = [e for e in ab["groups"][name] if e not in groups]
         if missing:
             names = ", ".join(f"`{e}`" for e in missing)
-            lines.append(f"- {name}: not every variant ran at this profile (missing: {names}), "
-                         "no verdict.")  # fmt: skip
+            lines.append(
+                f"- {name}: not every variant ran at this profile (missing: {names}), no verdict."
+            )
         else:
             lines.append(f"- {ablation_verdict(name, members, 'test/bpd')}")
     return [*lines, ""]
@@ -150,23 +188,33 @@ def _compute_lines(groups: dict[str, Group]) -> list[str]:
     rows = []
     for g in sorted(groups.values(), key=lambda g: g.experiment):
         steps = max(r.summary.budget.max_steps for r in g.runs)
-        rows.append([f"`{g.experiment}`", _params(g), f"{steps:,}",
-                     str(g.first.budget.batch_size), f"{g.mean_wall():.1f} s",
-                     str(len(g.runs))])  # fmt: skip
+        rows.append(
+            [
+                f"`{g.experiment}`",
+                _params(g),
+                f"{steps:,}",
+                str(g.first.budget.batch_size),
+                f"{g.mean_wall():.1f} s",
+                str(len(g.runs)),
+            ]
+        )
     return [
-        "## Compute used", "",
+        "## Compute used",
+        "",
         f"{len(runs)} training runs, {total / 60:.1f} min of training in all on {devices} "
         f"({threads} torch thread(s) per run; wall time of the training loop, without start-up "
-        "and the final test evaluation).", "",
+        "and the final test evaluation).",
+        "",
         *table(["experiment", "params", "max steps", "batch", "train time/seed", "seeds"], rows),
         "",
-    ]  # fmt: skip
+    ]
 
 
 def provenance_lines(groups) -> list[str]:
     groups = sorted(groups, key=lambda g: (g.first.paper, g.experiment))
-    commits = sorted({(r.summary.git_commit[:10], r.summary.git_dirty)
-                      for g in groups for r in g.runs})  # fmt: skip
+    commits = sorted(
+        {(r.summary.git_commit[:10], r.summary.git_dirty) for g in groups for r in g.runs}
+    )
     data_hashes = sorted({f"{g.dataset}: {g.first.data_md5}" for g in groups})
     runs = ", ".join(
         f"`{g.experiment}`: " + " ".join(f"`{r.summary.run_id[:8]}`" for r in g.runs)
@@ -174,12 +222,13 @@ def provenance_lines(groups) -> list[str]:
     )
     code = ", ".join(f"`{c}`{' (dirty)' if dirty else ''}" for c, dirty in commits)
     return [
-        "## Provenance", "",
+        "## Provenance",
+        "",
         f"- code: {code}",
         "- data (MD5 of the `.npz` each run read): " + "; ".join(f"`{h}`" for h in data_hashes),
         f"- MLflow runs: {runs}",
         "",
-    ]  # fmt: skip
+    ]
 
 
 def generate_report(
@@ -206,15 +255,20 @@ def generate_report(
 
     num_runs = sum(len(g.runs) for g in groups.values())
     lines = [
-        f"# {meta['title']} — reproduction report", "",
-        f"{meta['citation']}  ", f"<{meta['url']}>", "",
+        f"# {meta['title']} — reproduction report",
+        "",
+        f"{meta['citation']}  ",
+        f"<{meta['url']}>",
+        "",
         f"Generated by `python -m common.run.reports` from {num_runs} MLflow runs at the "
         f"**`{profile}`** profile (`{reproduce_command(paper, profile)}`). Do not edit by hand.",
         "",
-        "## The paper's numbers beside ours", "",
+        "## The paper's numbers beside ours",
+        "",
         'Paper numbers are quoted from the paper; "ours" is mean ± std over seeds at the scale',
-        "shown. A row with no number of ours was not run at this profile.", "",
-    ]  # fmt: skip
+        "shown. A row with no number of ours was not run at this profile.",
+        "",
+    ]
     rows = [_claim_row(c, groups, paper, profile) for c in meta["claims"]]
     lines += table(["source", "dataset", "paper", "ours", "scale", "compute", "verdict"], rows)
 
