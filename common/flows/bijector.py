@@ -40,6 +40,7 @@ __all__ = [
     "Permutation",
     "Reverse",
     "exact_ldj",
+    "per_channel",
     "sum_except_batch",
 ]
 
@@ -65,6 +66,11 @@ def exact_ldj(module: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in zip(layers, before, strict=True):
             m.exact_ldj = flag
+
+
+def per_channel(param: Tensor, like: Tensor) -> Tensor:
+    """View a ``(C,)`` tensor so it broadcasts over ``(B, C, *rest)`` (features or channels)."""
+    return param.view(1, -1, *([1] * (like.ndim - 2)))
 
 
 def sum_except_batch(t: Tensor) -> Tensor:

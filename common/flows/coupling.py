@@ -106,8 +106,7 @@ class Coupling(Bijector):
             len(identity) + context_features, self.map.num_params * len(transformed)
         )
         self._slices = s1, s2 = (_as_slice(identity), _as_slice(transformed))
-        contiguous = s1 is not None and s2 is not None and s1.step in (None, 1) and s2.step in (
-            None, 1) and len(identity) > 1 and len(transformed) > 1  # fmt: skip
+        contiguous = all(s is not None and s.step in (None, 1) for s in (s1, s2))
         first = "identity_first" if int(identity[0]) == 0 else "transformed_first"
         self._blocks = first if contiguous else None
         self.register_buffer("identity_idx", identity)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.flows.bijector import per_channel
 from common.flows.splines import MIN_DERIVATIVE, rational_quadratic_spline
 
 __all__ = [
@@ -42,11 +43,6 @@ __all__ = [
     "RationalQuadraticSpline",
     "SigmoidAffine",
 ]
-
-
-def _per_feature(param: Tensor, like: Tensor) -> Tensor:
-    """View a ``(n,)`` tensor so it broadcasts over ``(B, n, *rest)``."""
-    return param.view(1, -1, *([1] * (like.ndim - 2)))
 
 
 class ElementwiseMap(nn.Module):
@@ -123,7 +119,7 @@ class LearnedBoundAffine(Affine):
         self.bound = nn.Parameter(torch.ones(num_features))
 
     def log_scale(self, raw: Tensor) -> Tensor:
-        return _per_feature(self.bound, raw) * torch.tanh(raw)
+        return per_channel(self.bound, raw) * torch.tanh(raw)
 
 
 class SigmoidAffine(ElementwiseMap):

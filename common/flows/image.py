@@ -17,7 +17,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from common.flows.bijector import Bijector, InputOutsideDomainError, sum_except_batch
+from common.flows.bijector import (
+    Bijector,
+    InputOutsideDomainError,
+    per_channel,
+    sum_except_batch,
+)
 from common.flows.logdet import LUParametrization
 from common.flows.nets import ZeroConv2d
 
@@ -28,11 +33,6 @@ __all__ = [
     "Split",
     "Squeeze",
 ]
-
-
-def _per_channel(param: Tensor, like: Tensor) -> Tensor:
-    """View a ``(C,)`` parameter so it broadcasts over ``(B, C, ...)``."""
-    return param.view(1, -1, *([1] * (like.ndim - 2)))
 
 
 def _num_positions(x: Tensor) -> int:
@@ -95,11 +95,11 @@ class ActNorm(Bijector):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training and not self.initialized:
             self._initialize(x)
-        z = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale, x).exp()
+        z = (x + per_channel(self.bias, x)) * per_channel(self.log_scale, x).exp()
         return z, self._ldj(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = z * _per_channel(-self.log_scale, z).exp() - _per_channel(self.bias, z)
+        x = z * per_channel(-self.log_scale, z).exp() - per_channel(self.bias, z)
         return x, -self._ldj(z)
 
 
@@ -207,14 +207,14 @@ class BatchNorm(Bijector):
                 self.running_var.lerp_(var, self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        x_hat = (x - _per_channel(mean, x)) * _per_channel(torch.rsqrt(var + self.eps), x)
-        z = x_hat * _per_channel(self.log_gamma, x).exp() + _per_channel(self.beta, x)
+        x_hat = (x - per_channel(mean, x)) * per_channel(torch.rsqrt(var + self.eps), x)
+        z = x_hat * per_channel(self.log_gamma, x).exp() + per_channel(self.beta, x)
         return z, self._ldj(var, x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self.running_mean, self.running_var
-        x_hat = (z - _per_channel(self.beta, z)) * _per_channel(-self.log_gamma, z).exp()
-        x = x_hat * _per_channel(torch.sqrt(var + self.eps), z) + _per_channel(mean, z)
+        x_hat = (z - per_channel(self.beta, z)) * per_channel(-self.log_gamma, z).exp()
+        x = x_hat * per_channel(torch.sqrt(var + self.eps), z) + per_channel(mean, z)
         return x, -self._ldj(var, z)
 
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
 from common.run.objectives import Objective
-from common.run.summary import Budget, RunSummary
+from common.run.summary import Budget, RunSummary, replace_atomically
 from common.run.tracking import NullTracker, git_state
 
 __all__ = ["NonFiniteLossError", "StoppedAt", "TrainState", "lr_factor", "resolve_device", "train"]
@@ -126,12 +126,8 @@ class Polyak:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: an interrupted save never
-    corrupts the file already there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """``torch.save`` atomically: an interrupted save never corrupts the file already there."""
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 class _Run:

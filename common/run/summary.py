@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,14 @@ from pydantic import ValidationError
 
 from common.run.config import StrictModel
 
-__all__ = ["Budget", "FigureRecord", "RunSummary", "SummaryError", "write_atomic"]
+__all__ = [
+    "Budget",
+    "FigureRecord",
+    "RunSummary",
+    "SummaryError",
+    "replace_atomically",
+    "write_atomic",
+]
 
 
 class SummaryError(ValueError):
@@ -91,11 +99,17 @@ class RunSummary(StrictModel):
         )
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees
-    a half-written file and a crash never leaves one."""
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: a
+    reader never sees a half-written file, and a crash never leaves one (nor harms the file
+    already there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    write(tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`replace_atomically`)."""
+    return replace_atomically(path, lambda tmp: tmp.write_text(text))
