@@ -52,6 +52,19 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     assert samples is not None and f"figures/{samples.path.split('/')[-1]}" in listing("figures")
 
 
+def test_buffered_metrics_reach_the_store_at_each_checkpoint(data_root, tmp_path):
+    """Metrics are written in batches; a run stopped after a checkpoint has every metric up to
+    it in the store (what a resumed run continues from), long before the next timed flush."""
+    uri = sqlite_uri(tmp_path / "store" / "mlflow.db")
+    init_store(uri, ["nice"])
+    cfg = make_cfg(data_root, max_steps=40, checkpoint_every=10)
+    tracker = Tracker(uri, "nice", flush_seconds=3600)
+    stopped = train_and_evaluate(cfg, build_model, tmp_path / "run", tracker=tracker,
+                                 stop_after=20, progress=False)  # fmt: skip
+    history = MlflowClient(tracking_uri=uri).get_metric_history(tracker.run_id, "train/nll")
+    assert stopped.step == 20 and [m.step for m in history] == [5, 10, 15, 20]
+
+
 def test_dirty_means_code_not_the_pipeline_outputs(tmp_path):
     import subprocess
 

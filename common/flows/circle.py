@@ -124,9 +124,12 @@ class ConvexMixtureMap(CircleMap):
     """f(θ) = Σ_k π_k f_k(θ) for K increasing circle maps f_k fixing 0 (Eq. 7); π =
     softmax(logits), the last K entries of p. f' = Σ_k π_k f_k', computed as a logsumexp.
 
-    ``inverse`` solves f(θ) = y by bisection to ``inverse_tol`` radians (f is increasing on
-    [0, 2π]), then takes one Newton step from the root so the result is differentiable, with
+    ``inverse`` solves f(θ) = y to ``inverse_tol`` radians by Newton's method safeguarded by
+    bisection (f is increasing on [0, 2π]), then takes one more Newton step from the root so
+    the result is differentiable, with
     dθ/dy = 1/f'(θ) and parameter gradients by the implicit function theorem."""
+
+    MAX_ITERATIONS = 200
 
     def __init__(self, num_components: int, inverse_tol: float = 1e-10) -> None:
         self.K = num_components
@@ -143,18 +146,41 @@ class ConvexMixtureMap(CircleMap):
         return y, torch.logsumexp(log_pi + log_derivs, dim=-1)
 
     @torch.no_grad()
-    def _bisect(self, y: Tensor, params: Tensor) -> Tensor:
+    def _solve(self, y: Tensor, params: Tensor) -> Tensor:
+        """θ with f(θ) = y: Newton's method kept inside a bracket [lo, hi] ∋ θ* that every
+        evaluation narrows, bisecting instead whenever a Newton step would leave the bracket or
+        is not half as long as the step before last (Newton may be cycling): "rtsafe", Press
+        et al., Numerical Recipes §9.4. f is increasing on [0, 2π], so the bracket starts
+        there and the iteration converges, quadratically near the root: ~10 evaluations of f
+        where bisection takes 25–40. A point is solved when its step or its bracket is below
+        ``inverse_tol`` or the dtype's resolution, or its residual |f(θ) − y| is at that
+        resolution (float32 cannot place θ closer)."""
+        resolution = 4 * torch.finfo(y.dtype).eps * TWO_PI
+        tol = max(self.inverse_tol, resolution)
         lo, hi = torch.zeros_like(y), torch.full_like(y, TWO_PI)
-        while (hi - lo).max() > self.inverse_tol:
-            mid = (lo + hi) / 2
-            below = self(mid, params)[0] < y
-            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-            if (hi - lo).max() < torch.finfo(y.dtype).eps * TWO_PI:
-                break  # the dtype's resolution, not the tolerance, is the limit
-        return (lo + hi) / 2
+        theta = y.clone()  # every family starts near the identity
+        step = step_before = hi - lo
+        for _ in range(self.MAX_ITERATIONS):
+            f, log_deriv = self(theta, params)
+            below, at_root = f < y, (f - y).abs() <= resolution
+            lo, hi = torch.where(below, theta, lo), torch.where(below, hi, theta)
+            newton = (f - y) * torch.exp(-log_deriv)  # this θ − Newton's next θ
+            use_newton = (
+                (theta - newton >= lo)
+                & (theta - newton <= hi)
+                & (2 * newton.abs() <= step_before.abs())  # else Newton may be cycling
+            )
+            step = torch.where(use_newton, newton, theta - (lo + hi) / 2)
+            step, step_before = torch.where(at_root, 0.0, step), step
+            theta = theta - step
+            if (at_root | (step.abs() <= tol) | (hi - lo <= tol)).all():
+                return theta
+        raise RuntimeError(  # not reached: the bracket halves at least every other step
+            f"{type(self).__name__}.inverse did not converge in {self.MAX_ITERATIONS} steps"
+        )
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        theta0 = self._bisect(y, params)
+        theta0 = self._solve(y, params)
         y0, log_deriv = self(theta0, params)
         theta = theta0 - (y0 - y) * (-log_deriv).exp()  # one Newton step: differentiable
         return theta, -log_deriv

@@ -134,11 +134,19 @@ class RecursiveSphereFlow(Bijector):
         return from_cylindrical(h, phi), ldj_height + ldj_angle
 
 
+HessianForms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(-1)
+
+
 class RadialPotential(nn.Module):
     """EMSRE's ψ(x) = Σ_k (α_k/β_k) exp(β_k(μ_kᵀx − 1)), K components (Sec. 4.2).
     μ_k = m_k/‖m_k‖, β_k = softplus(b_k), α = the first K entries of softmax([a, a_0]), so
-    α_k > 0 and Σ α_k < 1. ``forward(x)`` returns ∇ψ ``(B, 3)`` and the Hessian's bilinear
-    form (p, q) ↦ pᵀ∇²ψ(x)q on batches of vectors, ∇²ψ = Σ_k α_k β_k e^{β_k(μ_kᵀx−1)} μ_kμ_kᵀ."""
+    α_k > 0 and Σ α_k < 1. ``forward(x)`` returns ∇ψ ``(B, 3)`` and the Hessian's three forms
+    in a tangent frame, (u, n) ↦ (uᵀ∇²ψu, uᵀ∇²ψn, nᵀ∇²ψn) ``(B,)`` each, with
+    ∇²ψ = Σ_k α_k β_k e^{β_k(μ_kᵀx−1)} μ_kμ_kᵀ."""
 
     def __init__(self, num_components: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -148,23 +156,25 @@ class RadialPotential(nn.Module):
         self.b = nn.Parameter(beta + torch.log(-torch.expm1(-beta)))  # softplus⁻¹
         self.a = nn.Parameter(torch.zeros(num_components + 1))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
+    def forward(self, x: Tensor) -> tuple[Tensor, HessianForms]:
         mu = F.normalize(self.m, dim=-1)  # (K, 3)
         beta = F.softplus(self.b)
         alpha = torch.softmax(self.a, dim=0)[:-1]
         e = alpha * torch.exp(beta * (x @ mu.T - 1))  # (B, K)
         weight = e * beta
 
-        def hess_form(p: Tensor, q: Tensor) -> Tensor:
-            return (weight * (p @ mu.T) * (q @ mu.T)).sum(-1)
+        def hess_forms(u: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            mu_u, mu_n = u @ mu.T, n @ mu.T  # (B, K): μ_kᵀu, μ_kᵀn
+            wu = weight * mu_u
+            return (wu * mu_u).sum(-1), (wu * mu_n).sum(-1), (weight * mu_n * mu_n).sum(-1)
 
-        return e @ mu, hess_form
+        return e @ mu, hess_forms
 
 
 class QuadraticPotential(nn.Module):
     """EMP's ψ(x) = ½ xᵀAx with A = 0.45·tanh(‖S‖_F)·S/‖S‖_F, S = (B + Bᵀ)/2, so that
     ‖A‖₂ ≤ ‖A‖_F < 0.45 and the eigenvalue spread of A stays below 0.9 (see the module
-    docstring). ``forward(x)`` returns ∇ψ = Ax and the form (p, q) ↦ pᵀAq."""
+    docstring). ``forward(x)`` returns ∇ψ = Ax and the forms (uᵀAu, uᵀAn, nᵀAn)."""
 
     MAX_NORM = 0.45
 
@@ -178,13 +188,14 @@ class QuadraticPotential(nn.Module):
         scale = torch.where(n > 1e-6, torch.tanh(n) / n.clamp_min(1e-6), 1 - n**2 / 3)
         return self.MAX_NORM * scale * S
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
-        A = self.matrix()
-        return x @ A, lambda p, q: ((p @ A) * q).sum(-1)
+    def forward(self, x: Tensor) -> tuple[Tensor, HessianForms]:
+        A = self.matrix()  # symmetric
 
+        def hess_forms(u: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            Au = u @ A
+            return _dot(Au, u), _dot(Au, n), _dot(n @ A, n)
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1)
+        return x @ A, hess_forms
 
 
 class ExpMapFlow(Bijector):
@@ -202,7 +213,7 @@ class ExpMapFlow(Bijector):
         """f(x); the entries (M11, M12, M21, M22) of the differential in the frame (u, n) at x
         and (u', n) at f(x), u' the transport of u; and u, n, u'. Written with scalars per
         point rather than batched 2×2 matrices: this runs at every training step."""
-        grad, hess_form = self.potential(x)
+        grad, hess_forms = self.potential(x)
         xg = _dot(x, grad)
         v = grad - xg.unsqueeze(-1) * x  # P_x ∇ψ
         r = v.norm(dim=-1)
@@ -217,7 +228,8 @@ class ExpMapFlow(Bijector):
         n = torch.linalg.cross(x, u)
         cos_r, sinc_r = torch.cos(r), torch.sinc(r / math.pi)  # sin r / r, smooth at 0
         y = cos_r.unsqueeze(-1) * x + sinc_r.unsqueeze(-1) * v
-        h11, h12, h22 = hess_form(u, u) - xg, hess_form(u, n), hess_form(n, n) - xg
+        h_uu, h12, h_nn = hess_forms(u, n)
+        h11, h22 = h_uu - xg, h_nn - xg
         M = (1 + h11, h12, sinc_r * h12, cos_r + sinc_r * h22)
         u_out = -torch.sin(r).unsqueeze(-1) * x + cos_r.unsqueeze(-1) * u
         return y, M, u, n, u_out

@@ -92,7 +92,8 @@ class TrainBase(StrictModel):
         "(Polyak averaging, as in the Glow authors' code) with this decay per step",
     )  # fmt: skip
     compile: bool = Field(
-        False, description="torch.compile the loss (faster steps after a compile of 10-60 s: "
+        False, description="torch.compile the step: loss and gradient in one graph, and the "
+        "optimiser update (faster steps after a compile of 10-90 s: "
         "worth it for long runs, not for smoke tests)",
     )  # fmt: skip
     optim: OptimConfig = OptimConfig()

@@ -12,8 +12,9 @@ selected model (best or final), saves the figures, writes the typed run summary
 any exception marks it FAILED (KILLED on Ctrl-C) before it propagates.
 
 The loss is the objective's loss plus ``model.penalty()`` (a regulariser such as RealNVP's L2
-on weight-norm scales; 0 for most models). ``train.compile`` compiles the objective's loss;
-its random draws stay in eager mode, so the random stream is the same either way.
+on weight-norm scales; 0 for most models). ``train.compile`` compiles the step: the loss and
+its gradient as one graph, and the optimiser's update (:mod:`common.run.steps`); the random
+draws stay in eager mode, so the random stream is the same either way.
 
 Determinism: every random draw of training comes from the global torch RNG (seeded with
 ``cfg.seed``, its state checkpointed) or from generators seeded by (seed, step); evaluations
@@ -34,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
 from common.run.objectives import Objective
+from common.run.steps import CompiledGradient, compile_optimizer_step, eager_gradient
 from common.run.summary import Budget, RunSummary, replace_atomically
 from common.run.tracking import NullTracker, git_state
 
@@ -71,11 +74,14 @@ class StoppedAt:
 
 
 def make_optimizer(cfg: TrainBase, params) -> torch.optim.Optimizer:
-    """The configured optimiser, in its multi-tensor (``foreach``) form: the same arithmetic as
-    the per-tensor loop PyTorch defaults to on CPU, in fewer dispatches (a step of a small
-    flow is dominated by them)."""
+    """The configured optimiser. Eager runs use its multi-tensor (``foreach``) form: the same
+    arithmetic as the per-tensor loop PyTorch defaults to on CPU, in fewer dispatches (a step
+    of a small flow is dominated by them). Compiled runs (``train.compile``) hold the learning
+    rate in a tensor, so the compiled update reads the schedule's value instead of
+    recompiling for each new one (PyTorch allows a tensor learning rate only there)."""
     o = cfg.optim
-    common = {"lr": o.lr, "weight_decay": o.weight_decay, "foreach": True}
+    lr = torch.tensor(o.lr) if cfg.compile else o.lr
+    common = {"lr": lr, "weight_decay": o.weight_decay, "foreach": not cfg.compile}
     if o.name in ("adam", "adamax"):
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.Adamax
         return cls(params, betas=o.betas, eps=o.eps, **common)
@@ -151,10 +157,12 @@ class _Run:
         self.polyak = Polyak(self.model, self.tc.polyak_decay) if self.tc.polyak_decay else None
         self.state = TrainState()
         self.run_id: str | None = None
-        # static shapes: every training batch has the same shape (drop-last); a data-dependent
-        # init (ActNorm) recompiles once, and dynamic shapes would be slower and fragile
-        loss = objective.loss
-        self.loss_fn = torch.compile(loss, dynamic=False) if self.tc.compile else loss
+        self.params = list(self.model.parameters())
+        compiled = self.tc.compile
+        self.compiled_gradient = CompiledGradient(self.model, objective.loss) if compiled else None
+        self.optimizer_step = (
+            compile_optimizer_step(self.optimizer) if compiled else self.optimizer.step
+        )
 
     @property
     def eval_model(self) -> Flow:
@@ -198,6 +206,7 @@ class _Run:
         if self.polyak is not None:
             payload["polyak"] = self.polyak.averaged.state_dict()
         _save_atomic(payload, self.ckpt_dir / "last.pt")
+        self.tracker.flush()  # the metrics up to the checkpoint are in the store
 
     def start_tracking(self) -> None:
         """Write ``config.yaml`` and start the MLflow run (or reopen it when resuming)."""
@@ -221,10 +230,16 @@ class _Run:
     # --- one step, one validation -------------------------------------------------------------
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step; returns the loss and the gradient norm."""
+        """One optimiser step; returns the loss and the gradient norm. With ``train.compile``
+        every step but the run's first is compiled; the first runs eagerly, so data-dependent
+        initialisations (ActNorm) write their parameters before the gradient is traced."""
         state, tc, last = self.state, self.tc, self.ckpt_dir / "last.pt"
         batch = self.objective.batch(self.model, state.step)
-        loss = self.loss_fn(self.model, batch)
+        if self.compiled_gradient is not None and state.step > 0:
+            loss, grads = self.compiled_gradient(batch)
+            self.compiled_gradient.assign(grads)
+        else:
+            loss = eager_gradient(self.objective.loss, self.model, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {state.step}. The last good "
@@ -232,17 +247,16 @@ class _Run:
                 "(train.optim.lr), gradient clipping (train.grad_clip) or a warm-up "
                 "(train.schedule.warmup_steps)."
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss + self.model.penalty()).backward()
-        max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        grad_norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
         if not torch.isfinite(grad_norm):
             raise NonFiniteLossError(
                 f"non-finite gradient norm at step {state.step} (loss {loss.item():.4g}). The "
                 f"last good checkpoint ({last}, if any) was kept; try train.grad_clip or a "
                 "lower train.optim.lr."
             )
-        self.optimizer.step()
+        if tc.grad_clip is not None:
+            clip_grads_with_norm_(self.params, tc.grad_clip, grad_norm, foreach=True)
+        self.optimizer_step()
         self.scheduler.step()
         if self.polyak is not None:
             self.polyak.update(self.model)
@@ -251,7 +265,7 @@ class _Run:
 
     def log_train(self, loss: torch.Tensor, grad_norm: torch.Tensor, elapsed: float) -> None:
         record = self.objective.train_metrics(loss) | {
-            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/lr": float(self.scheduler.get_last_lr()[0]),
             "train/grad_norm": grad_norm.item(),
             "train/samples_per_s": self.tc.log_every * self.objective.batch_size / elapsed,
             "train/wall_time_s": self.wall_before + time.perf_counter() - self.wall_start,

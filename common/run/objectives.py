@@ -9,7 +9,7 @@ objective says what is specific to its problem:
 - :meth:`~Objective.batch`: a step's input, with every random draw of the step (batch order,
   flips, dequantization noise, base samples), in eager mode;
 - :meth:`~Objective.loss`: the deterministic loss of that input (what ``train.compile``
-  compiles, so the random stream is the same compiled or not);
+  compiles with its gradient, so the random stream is the same compiled or not);
 - :meth:`~Objective.validate` / :meth:`~Objective.test`: evaluation under a forked RNG with a
   fixed seed; ``select_on`` names the validation metric that picks the tested model (lower is
   better), or is None when the final model is tested;

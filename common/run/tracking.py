@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +110,27 @@ class NullTracker:
 
     def start(self, *args: Any, **kwargs: Any) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def flush(self) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
 class Tracker(NullTracker):
     """MLflow-backed tracker; one instance per run. ``experiment`` is the MLflow experiment
-    (the paper); the run is named ``<experiment>/seed<k>``."""
+    (the paper); the run is named ``<experiment>/seed<k>``.
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
+    Metrics are buffered and written in batches, at most ``flush_seconds`` apart, at every
+    :meth:`flush` (the loop flushes at each checkpoint, so a resumed run loses none) and at
+    :meth:`end`: one write to the store costs ~10 ms, as much as a hundred training steps of a
+    small flow."""
+
+    MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch
+
+    def __init__(self, tracking_uri: str, experiment: str, flush_seconds: float = 15.0) -> None:
         self.tracking_uri = tracking_uri
+        self.flush_seconds = flush_seconds
+        self._pending: list = []
+        self._flushed_at = time.monotonic()
         self.client = _client(tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment, tracking_uri)
 
@@ -149,20 +161,29 @@ class Tracker(NullTracker):
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if time.monotonic() - self._flushed_at >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metrics to the store."""
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), self.MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=pending[i : i + self.MAX_BATCH])
+        self._flushed_at = time.monotonic()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+            try:
+                self.flush()
+            finally:
+                self.client.set_terminated(self.run_id, status=status)
 
 
 def write_metrics_json(path: Path, payload: dict[str, Any]) -> Path:
