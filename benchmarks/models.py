@@ -56,6 +56,8 @@ class Row:
     batch: int
     make_input: Callable[[], Tensor]
     builders: dict[str, Callable[[], Subject]]
+    # how `train.compile` is best set for this model (common.run.config.TrainBase.compile_mode)
+    compile_mode: str = "graph"
 
 
 def library_version(library: str) -> str:
@@ -276,5 +278,6 @@ ROWS = [
             "normflows": normflows_glow,
             "FrEIA": freia_glow,
         },
+        compile_mode="loss",
     ),
 ]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.models import ROWS, Row, Subject, library_version
+from common.run.steps import CompiledGradient
 from common.run.summary import write_atomic
 
 GOAL = 1.2
@@ -36,6 +37,18 @@ def _train_step(subject: Subject, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         subject.module.zero_grad(set_to_none=True)
         (-subject.log_prob(x).mean()).backward()
+
+    return step
+
+
+def _compiled_train_step(subject: Subject, x: torch.Tensor) -> Callable[[], None]:
+    """What the trainer does with ``train.compile: true``: the loss and its gradient from one
+    compiled graph (:class:`common.run.steps.CompiledGradient`), put into ``.grad``."""
+    gradient = CompiledGradient(subject.module, lambda flow, batch: -flow.log_prob(batch).mean())
+
+    def step() -> None:
+        _, grads = gradient(x)
+        gradient.assign(grads)
 
     return step
 
@@ -132,7 +145,11 @@ def bench_row(
         calls = {}
         for lib, s in subjects.items():
             s.module.train(mode == "train")
-            calls[lib] = _train_step(s, x) if mode == "train" else _sample(s, row.batch)
+            if mode == "sample":
+                calls[lib] = _sample(s, row.batch)
+            else:
+                graph = lib == COMPILED and row.compile_mode == "graph"
+                calls[lib] = (_compiled_train_step if graph else _train_step)(s, x)
         if "ours" in subjects:
             calls[BARE] = _bare_nets(subjects["ours"], train=mode == "train")
         out["modes"][mode] = measure(calls, rounds, inner)
@@ -184,7 +201,8 @@ def _section(row: Row, threads: int, result: dict) -> list[str]:
             )
             if COMPILED in times:
                 lines.append(
-                    f"- ours + torch.compile vs {fastest} (eager, as the library runs by "
+                    f"- ours + torch.compile (`compile_mode: {row.compile_mode}`) vs {fastest} "
+                    "(eager, as the library runs by "
                     f"default): {verdict(ratio_interval(times[fastest], times[COMPILED]))}"
                 )
             # the most any flow built on these networks could gain over that peer
@@ -224,8 +242,10 @@ def write_report(results: list[tuple[Row, int, dict]], out: Path, rounds: int, i
         "(mean per call), libraries interleaved round-robin with a rotating start; medians "
         "over rounds; the speed-up over the fastest peer is a ratio of medians with a 95% "
         "bootstrap interval over rounds. Matched models (`benchmarks/models.py`); parameter "
-        "counts in the tables. `ours + torch.compile` is our flow with its log-density "
-        "and sampling compiled, as the trainer does with `train.compile: true`; the peers run "
+        "counts in the tables. `ours + torch.compile` is our flow compiled as the trainer "
+        "does with `train.compile: true` and the row's `train.compile_mode` (`graph`: a "
+        "training step's loss and gradient as one graph, `common/run/steps.py`; `loss`: the "
+        "log-density compiled, autograd's backward), and sampling compiled; the peers run "
         "eager, as their libraries do by default. The verdicts on the goal are on eager mode.",
         "",
     ]

@@ -145,15 +145,17 @@ def test_compiled_reverse_kl_run_follows_the_eager_one_and_resumes_exactly(tmp_p
             assert resumed.metrics[key] == value or math.isnan(value), key
 
 
-def test_compiled_glow_run_initialises_actnorm_from_data(data_root, tmp_path):
-    """A compiled Glow run trains, and ActNorm is initialised from data (by the run's first
-    step, which is eager)."""
+@pytest.mark.parametrize("mode", ["graph", "loss"])
+def test_compiled_glow_run_initialises_actnorm_from_data(mode, data_root, tmp_path):
+    """A compiled Glow run trains in either compile mode, and ActNorm is initialised from
+    data (in 'graph' mode by the run's first step, which is eager)."""
     from papers.glow.model import build_model
     from papers.glow.train import CONFIG
 
     cfg = load_config(CONFIG, "papers/glow/configs/smoke/digits_conv_affine.yaml",
                       [f"data.root={data_root}", "train.compile=true", "train.max_steps=3",
-                       "train.eval_every=3", "train.num_samples=0"])  # fmt: skip
+                       f"train.compile_mode={mode}", "train.eval_every=3",
+                       "train.num_samples=0"])  # fmt: skip
     out = train(cfg, MaximumLikelihood(cfg, build_model), tmp_path, progress=False)
     assert math.isfinite(out.metrics["test/nll"]) and out.steps == 3
     state = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)

@@ -158,8 +158,14 @@ class _Run:
         self.state = TrainState()
         self.run_id: str | None = None
         self.params = list(self.model.parameters())
-        compiled = self.tc.compile
-        self.compiled_gradient = CompiledGradient(self.model, objective.loss) if compiled else None
+        compiled, mode = self.tc.compile, self.tc.compile_mode
+        self.compiled_gradient = (
+            CompiledGradient(self.model, objective.loss) if compiled and mode == "graph" else None
+        )
+        # static shapes: every training batch has the same shape (drop-last); in 'loss' mode a
+        # data-dependent init (ActNorm) recompiles once
+        loss = objective.loss
+        self.loss_fn = torch.compile(loss, dynamic=False) if compiled and mode == "loss" else loss
         self.optimizer_step = (
             compile_optimizer_step(self.optimizer) if compiled else self.optimizer.step
         )
@@ -231,15 +237,16 @@ class _Run:
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns the loss and the gradient norm. With ``train.compile``
-        every step but the run's first is compiled; the first runs eagerly, so data-dependent
-        initialisations (ActNorm) write their parameters before the gradient is traced."""
+        in 'graph' mode every step but the run's first computes its gradient in the compiled
+        graph; the first runs eagerly, so data-dependent initialisations (ActNorm) write their
+        parameters before the gradient is traced."""
         state, tc, last = self.state, self.tc, self.ckpt_dir / "last.pt"
         batch = self.objective.batch(self.model, state.step)
         if self.compiled_gradient is not None and state.step > 0:
             loss, grads = self.compiled_gradient(batch)
             self.compiled_gradient.assign(grads)
         else:
-            loss = eager_gradient(self.objective.loss, self.model, batch)
+            loss = eager_gradient(self.loss_fn, self.model, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {state.step}. The last good "
