@@ -12,9 +12,10 @@ selected model (best or final), saves the figures, writes the typed run summary
 any exception marks it FAILED (KILLED on Ctrl-C) before it propagates.
 
 The loss is the objective's loss plus ``model.penalty()`` (a regulariser such as RealNVP's L2
-on weight-norm scales; 0 for most models). ``train.compile`` compiles the step: the loss and
-its gradient as one graph, and the optimiser's update (:mod:`common.run.steps`); the random
-draws stay in eager mode, so the random stream is the same either way.
+on weight-norm scales; 0 for most models). ``train.compile`` compiles the step
+(:mod:`common.run.steps`): the loss and its gradient as one graph (``compile_mode: graph``) or
+the loss alone (``loss``), and the optimiser's update; the random draws stay in eager mode, so
+the random stream is the same either way.
 
 Determinism: every random draw of training comes from the global torch RNG (seeded with
 ``cfg.seed``, its state checkpointed) or from generators seeded by (seed, step); evaluations
