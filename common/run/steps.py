@@ -11,7 +11,9 @@ nor saved activations; :func:`compile_optimizer_step` compiles the optimiser's u
 fused loops over all parameters. On the Tori & Spheres models (one thread, 2-core test
 machine) a step takes 0.99 ms instead of 1.72 for the T² Möbius flow and 2.95 ms instead of
 6.8 for EMSRE with 24 layers, once compiled (10–100 s the first time; PyTorch caches the
-result on disk, so later runs of the same model compile in a few seconds).
+result on disk, so later runs of the same model compile in a few seconds). For convolutional
+flows the one graph is slower than autograd's backward of a compiled loss (Glow: 85 against
+61 ms per step in ``make bench``): ``train.compile_mode: loss`` selects the latter.
 
 The batch (every random draw of the step) is made outside, in eager mode, so the random stream
 is the same compiled or not; the arithmetic is the same up to floating-point rounding.
