@@ -124,10 +124,10 @@ class ConvexMixtureMap(CircleMap):
     """f(θ) = Σ_k π_k f_k(θ) for K increasing circle maps f_k fixing 0 (Eq. 7); π =
     softmax(logits), the last K entries of p. f' = Σ_k π_k f_k', computed as a logsumexp.
 
-    ``inverse`` solves f(θ) = y to ``inverse_tol`` radians by Newton's method safeguarded by
-    bisection (f is increasing on [0, 2π]), then takes one more Newton step from the root so
-    the result is differentiable, with
-    dθ/dy = 1/f'(θ) and parameter gradients by the implicit function theorem."""
+    ``inverse`` solves f(θ) = y by Newton's method safeguarded by bisection (f is increasing
+    on [0, 2π]) to ``inverse_tol`` radians or the dtype's resolution, then takes one more
+    Newton step from the root so the result is differentiable, with dθ/dy = 1/f'(θ) and
+    parameter gradients by the implicit function theorem."""
 
     MAX_ITERATIONS = 200
 
