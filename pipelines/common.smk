@@ -65,6 +65,31 @@ def online_datasets(profile=PROFILE):
     return sorted(n for n in names if n and DATASETS[n].download)
 
 
+def train_priority(wildcards):
+    """Order in which ready training jobs start (higher first; Snakemake's ``priority``).
+
+    Each experiment's first seed runs before any of its other seeds: its compile fills the
+    ``torch.compile`` cache that the later seeds then read instead of compiling the same
+    graphs again side by side. Within each group the experiments listed under ``long_jobs``
+    start first, so that two cores finish together instead of one waiting on a long job
+    started last (longest-processing-time-first scheduling)."""
+    long_jobs = config.get("long_jobs", {}).get(wildcards.profile, {}).get(wildcards.paper, [])
+    first_seed = int(wildcards.seed) == SEEDS[0]
+    return 2 * first_seed + (wildcards.experiment in long_jobs)
+
+
+def check_long_jobs():
+    """A misspelt ``long_jobs`` entry would silently schedule nothing: name it instead."""
+    for profile, by_paper in config.get("long_jobs", {}).items():
+        for paper, names in by_paper.items():
+            unknown = sorted(set(names) - set(experiments(paper, profile)))
+            if unknown:
+                raise ValueError(f"long_jobs.{profile}.{paper}: no such experiments {unknown}")
+
+
+check_long_jobs()
+
+
 def run_dir(profile, paper, experiment, seed):
     return f"runs/{profile}/{paper}/{experiment}/seed{seed}"
 

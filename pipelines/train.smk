@@ -17,6 +17,7 @@ rule train:
     params:
         workdir=lambda wc: run_dir(wc.profile, wc.paper, wc.experiment, wc.seed),
     threads: 1
+    priority: train_priority
     resources:
         gpu=lambda wc: gpu_jobs(wc.paper, wc.profile, wc.experiment),
     shell:

@@ -144,3 +144,38 @@ def test_fresh_clone_plans_training_although_the_report_is_committed(clone):
     assert result.returncode == 0, out[-3000:]
     assert "runs/cpu/nice/digits_nice/seed2/metrics.json" in out
     assert "rule report:" in out and "Nothing to be done" not in out
+
+
+def _priorities(out: str) -> dict[tuple[str, str], int]:
+    """(experiment, seed) → scheduling priority of each training job in a dry run's listing
+    (Snakemake prints the line only for a non-zero priority)."""
+    found = {}
+    for block in out.split("rule train:")[1:]:
+        wildcards = block.split("wildcards: ")[1].split("\n")[0]
+        fields = dict(kv.split("=") for kv in wildcards.split(", "))
+        line = [row for row in block.split("\n") if row.strip().startswith("priority:")]
+        found[fields["experiment"], fields["seed"]] = int(line[0].split()[-1]) if line else 0
+    return found
+
+
+def test_first_seeds_and_long_jobs_start_first(clone):
+    """Every first seed outranks every later seed (its compile warms the cache); within each
+    group the long jobs of pipelines/config.yaml outrank the rest."""
+    result = snakemake(clone, "-n", "reproduce_tori_spheres")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    prio = _priorities(out)
+    assert len(prio) == 14 * 3
+    assert prio["s2_emsre_24x1", "0"] > prio["t2_unimodal_ncp", "0"] > prio["s2_emsre_24x1", "1"]
+    assert prio["s2_emsre_24x1", "2"] > prio["t2_unimodal_ncp", "2"]
+    assert min(p for (_, s), p in prio.items() if s == "0") > max(
+        p for (_, s), p in prio.items() if s != "0"
+    )
+
+
+def test_misspelt_long_job_is_named(clone, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("long_jobs: {cpu: {tori_spheres: [s2_emsre_42x1]}}\n")
+    result = snakemake(clone, "-n", "reproduce_tori_spheres", "--configfile", str(bad))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "s2_emsre_42x1" in out and "no such experiments" in out
