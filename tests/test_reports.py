@@ -1,16 +1,20 @@
-"""The report's judgements: the ablation verdict and what counts as within seed noise."""
+"""The report's judgements: the statistics behind them (against scipy) and each verdict's
+direction and resolution."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.stats
 import yaml
 
 from common.run.reports.compare import ablation_verdict as _ablation_verdict
-from common.run.reports.compare import separated as _separated
+from common.run.reports.compare import claim_verdict, goal_verdict, verdict_vs_baseline
 from common.run.reports.meta import PaperMetaError, load_paper_meta, validate_paper_meta
 from common.run.reports.runs import Group, Run
+from common.run.reports.stats import holm, mean_interval, welch
 from common.run.summary import Budget, RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,47 +35,111 @@ def group(name: str, values: list[float]) -> Group:
     return Group(name, "digits", "glow", runs)
 
 
-def test_separation_is_two_standard_errors_of_the_difference():
-    a = (2.00, 0.03, 3)
-    assert _separated(a, (2.10, 0.03, 3))  # 0.10 > 2·√(2·0.03²/3) ≈ 0.049
-    assert not _separated(a, (2.04, 0.03, 3))
+def test_welch_matches_scipy_on_fixed_numbers():
+    """The comparison behind every verdict against scipy's Welch test (unequal variances)."""
+    a, b = [2.31, 2.35, 2.29, 2.40], [2.45, 2.39, 2.60]
+    ours = welch(a, b)
+    ref = scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert ours.p == pytest.approx(ref.pvalue, rel=1e-12)
+    assert ours.df == pytest.approx(ref.df, rel=1e-12)
+    ci = ref.confidence_interval(0.95)
+    assert (ours.low, ours.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert ours.diff == pytest.approx(np.mean(a) - np.mean(b)) and ours.diff < 0
+    # the pooled (Student) test would give another p: equal variances are not assumed
+    assert ours.p != pytest.approx(scipy.stats.ttest_ind(a, b).pvalue, rel=1e-3)
 
 
-def test_verdict_holds_when_the_paper_order_is_observed_and_resolved():
+def test_welch_refuses_single_seeds_and_handles_zero_spread():
+    assert welch([1.0], [2.0, 2.1]) is None and mean_interval([1.0]) is None
+    assert welch([1.0, 1.0], [2.0, 2.0]).p == 0.0 and welch([1.0, 1.0], [1.0, 1.0]).p == 1.0
+
+
+def test_mean_interval_is_students():
+    x = [0.035, 0.038, 0.033]
+    iv = mean_interval(x)
+    ref = scipy.stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    assert (iv.low, iv.high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+def test_holm_adjusts_step_down():
+    # sorted p: 0.01·3 = 0.03, 0.02·2 = 0.04, 0.04·1 → max(0.04, 0.04) = 0.04
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_verdict_holds_when_every_neighbouring_pair_is_significant():
     expected = [group("conv", [2.30, 2.31, 2.29]), group("shuffle", [2.40, 2.41, 2.39]),
                 group("reverse", [2.50, 2.52, 2.49])]  # fmt: skip
-    verdict = _ablation_verdict("affine", expected, "test/bpd")
-    assert "**holds**" in verdict and "noise" not in verdict
-    assert verdict.index("`conv`") < verdict.index("`shuffle`") < verdict.index("`reverse`")
+    verdict = "\n".join(_ablation_verdict("affine", expected, "test/bpd"))
+    assert "**holds**" in verdict and "not resolved" not in verdict
+    assert "`conv` − `shuffle` = -0.100" in verdict and "Holm-adjusted" in verdict
 
 
-def test_verdict_is_unresolved_when_every_gap_is_within_noise():
-    expected = [group("conv", [2.50, 2.60, 2.40]), group("shuffle", [2.30, 2.50, 2.40]),
-                group("reverse", [2.45, 2.55, 2.35])]  # fmt: skip
-    verdict = _ablation_verdict("additive", expected, "test/bpd")
-    assert "**not resolved at this scale**" in verdict and "holds" not in verdict
+def test_verdict_is_unresolved_at_welch_p_0_12():
+    """The old z-rule called 2.409 ± 0.022 vs 2.498 ± 0.061 (n = 3) apart; Welch's p ≈ 0.12."""
+    expected = [group("reverse", [2.385, 2.412, 2.430]), group("shuffle", [2.432, 2.510, 2.552])]
+    verdict = "\n".join(_ablation_verdict("affine", expected, "test/bpd"))
+    assert "**not resolved**" in verdict and "holds" not in verdict
+    assert "no pair is significant" in verdict
 
 
-def test_verdict_holds_only_in_the_means_when_gaps_are_within_noise():
-    expected = [group("conv", [2.30, 2.40, 2.20]), group("shuffle", [2.31, 2.41, 2.21]),
+def test_verdict_is_unresolved_when_only_some_pairs_are_significant():
+    expected = [group("conv", [2.30, 2.34, 2.26]), group("shuffle", [2.31, 2.35, 2.27]),
                 group("reverse", [2.60, 2.61, 2.59])]  # fmt: skip
-    verdict = _ablation_verdict("affine", expected, "test/bpd")
-    assert "**holds in the means**" in verdict and "`conv` vs `shuffle`" in verdict
+    verdict = "\n".join(_ablation_verdict("affine", expected, "test/bpd"))
+    assert "**not resolved**" in verdict
+    assert "significant: `conv` < `reverse`, `shuffle` < `reverse` only" in verdict
 
 
-def test_verdict_does_not_hold_when_the_order_differs():
+def test_verdict_does_not_hold_when_a_pair_is_significantly_reversed():
     expected = [group("conv", [2.50, 2.51, 2.49]), group("shuffle", [2.30, 2.31, 2.29]),
                 group("reverse", [2.40, 2.41, 2.39])]  # fmt: skip
-    verdict = _ablation_verdict("additive", expected, "test/bpd")
-    assert "**does not hold**" in verdict
-    assert verdict.index("`shuffle`") < verdict.index("`reverse`") < verdict.index("`conv`")
+    verdict = "\n".join(_ablation_verdict("additive", expected, "test/bpd"))
+    assert "**does not hold**" in verdict and "`shuffle` beats `conv`" in verdict
+    assert "`reverse` beats `shuffle`" not in verdict  # that pair is in the paper's direction
 
 
-def test_verdict_says_when_the_papers_best_is_still_best():
-    expected = [group("conv", [2.30, 2.31, 2.29]), group("shuffle", [2.50, 2.51, 2.49]),
-                group("reverse", [2.40, 2.41, 2.39])]  # fmt: skip
-    verdict = _ablation_verdict("affine", expected, "test/bpd")
-    assert "**does not hold**" in verdict and "`conv`, is best here too" in verdict
+def test_verdict_needs_two_seeds():
+    verdict = _ablation_verdict("x", [group("a", [2.0]), group("b", [2.1, 2.2])], "test/bpd")
+    assert "not resolved" in verdict[0]
+
+
+def _nll(name, values):
+    runs = [Run(summary(name, i, {"test/nll": v}), Path(".")) for i, v in enumerate(values)]
+    return Group(name, "digits", "glow", runs)
+
+
+def test_baseline_verdict_direction_and_resolution():
+    base = _nll("gauss", [128.50, 128.52, 128.49])
+    assert verdict_vs_baseline(_nll("flow", [120.1, 120.5, 119.8]), base).startswith(
+        "**better** by 8.37"
+    )
+    assert verdict_vs_baseline(_nll("flow", [130.1, 130.5, 129.8]), base).startswith("**worse**")
+    unresolved = verdict_vs_baseline(_nll("flow", [125.0, 131.0, 128.0]), base)
+    assert unresolved.startswith("not resolved: +0.50")
+    assert "not resolved" in verdict_vs_baseline(_nll("flow", [120.0]), base)
+
+
+def test_claim_verdicts_follow_the_interval():
+    kl = {"value": 0.05, "unit": "nats", "higher_is_better": False}
+    assert claim_verdict(kl, [0.035, 0.038, 0.033]).startswith("reproduced")
+    assert claim_verdict(kl, [0.09, 0.10, 0.095]).startswith("**missed**")
+    assert claim_verdict(kl, [0.02, 0.08, 0.05]).startswith("not resolved")
+    assert claim_verdict(kl, [0.03]).startswith("not resolved (one seed")
+    two = {"value": 0.10, "unit": "nats", "two_sided": True, "tolerance": 0.05,
+           "higher_is_better": False}  # fmt: skip
+    assert claim_verdict(two, [0.079, 0.085, 0.073]).startswith("reproduced")
+    assert claim_verdict(two, [0.30, 0.31, 0.29]).startswith("**worse**")
+    assert claim_verdict(two, [0.01, 0.02, 0.015]).startswith("**better**")
+    ess = {"value": 90, "unit": "%", "higher_is_better": True}
+    assert claim_verdict(ess, [92.1, 93.0, 92.9]).startswith("reproduced")
+    assert claim_verdict(ess, [80.1, 81.0, 80.9]).startswith("**missed**")
+
+
+def test_goal_verdict_needs_the_whole_interval():
+    assert goal_verdict([0.001, 0.002, 0.0015], 0.05) == "yes"
+    assert goal_verdict([0.6, 0.61, 0.62], 0.05) == "**no**"
+    assert goal_verdict([0.01, 0.09, 0.05], 0.05) == "not resolved"
 
 
 @pytest.mark.parametrize("paper", sorted(p.parent.name for p in REPO.glob("papers/*/paper.yaml")))
