@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from common.data import Dataset
 from common.flows.bijector import Compose
 from common.flows.dequantize import Logit, UniformDequantization
@@ -13,7 +16,12 @@ from common.flows.flow import Flow
 from common.flows.layers import ElementwiseAffine, Reshape
 from common.run.config import DiagonalGaussianModel
 
-__all__ = ["build_diagonal_gaussian", "data_preprocessing", "with_baseline"]
+__all__ = [
+    "build_diagonal_gaussian",
+    "data_preprocessing",
+    "fit_diagonal_gaussian",
+    "with_baseline",
+]
 
 
 def data_preprocessing(data: Dataset) -> tuple[UniformDequantization | None, list]:
@@ -25,12 +33,47 @@ def data_preprocessing(data: Dataset) -> tuple[UniformDequantization | None, lis
 
 def build_diagonal_gaussian(cfg: DiagonalGaussianModel, data: Dataset) -> Flow:
     """x ~ N(μ, diag σ²) per dimension (on the dequantized [0, 1] scale for images, or after a
-    logit if ``cfg.logit_alpha`` is set): the model with no dependence between dimensions."""
+    logit if ``cfg.logit_alpha`` is set): the model with no dependence between dimensions.
+    With ``cfg.fit == 'closed_form'`` it is returned fitted (:func:`fit_diagonal_gaussian`)."""
     dequant, layers = data_preprocessing(data)
     if cfg.logit_alpha is not None:
         layers.append(Logit(cfg.logit_alpha))
     layers.append(ElementwiseAffine(data.num_dims, shift=True))
-    return Flow(Compose(*layers), StandardNormal(data.num_dims), dequant)
+    flow = Flow(Compose(*layers), StandardNormal(data.num_dims), dequant)
+    if cfg.fit == "closed_form":
+        fit_diagonal_gaussian(flow, data.x_train, cfg.fit_draws)
+    return flow
+
+
+@torch.no_grad()
+def fit_diagonal_gaussian(flow: Flow, x_train: Tensor, draws: int) -> None:
+    """Set the last layer of a :func:`build_diagonal_gaussian` flow to the maximum-likelihood
+    fit on ``x_train``.
+
+    Every layer before the Gaussian (dequantization, flattening, logit) is fixed, and their
+    ldj does not depend on μ and σ, so the likelihood of the whole model is maximised by the
+    Gaussian maximum-likelihood fit to the preprocessed data y:
+
+        μ_d = E[y_d],   σ²_d = E[(y_d − μ_d)²]   (the biased variance: the MLE),
+
+    the expectation over the training set and, for discrete data, over the dequantization
+    noise u (the expected log-likelihood E_u log p(x + u) that training maximises), estimated
+    from ``draws`` noise draws of the whole set, in float64. The affine layer maps
+    y ↦ (y − μ)/σ: log_scale = −log σ, shift = −μ/σ."""
+    *preprocess, affine = flow.transform.layers
+    total = total_sq = None
+    for _ in range(draws if flow.dequantization is not None else 1):
+        y, _ = flow.dequantize(x_train)
+        for layer in preprocess:
+            y, _ = layer(y)
+        y = y.double()
+        s, sq = y.sum(0), (y * y).sum(0)
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+    n = len(x_train) * (draws if flow.dequantization is not None else 1)
+    mean = total / n
+    std = (total_sq / n - mean**2).clamp_min(1e-12).sqrt()
+    affine.log_scale.copy_(-std.log())
+    affine.shift.copy_(-mean / std)
 
 
 def with_baseline(build: Callable[[Any, Dataset], Flow]) -> Callable[[Any, Dataset], Flow]:

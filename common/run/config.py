@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.data_registry import DATASETS
 
@@ -78,7 +78,10 @@ class TrainBase(StrictModel):
     """What every objective's training has: budget, cadence, optimiser, schedule, guards."""
 
     batch_size: int = Field(..., gt=0)
-    max_steps: int = Field(..., gt=0)
+    max_steps: int = Field(
+        ..., ge=0, description="gradient steps; 0 for a model fitted in closed form (the "
+        "Gaussian baseline), which is then validated and tested as built",
+    )  # fmt: skip
     eval_every: int = Field(100, gt=0, description="steps between validations")
     log_every: int = Field(10, gt=0, description="steps between train-metric logs")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
@@ -124,6 +127,15 @@ class DiagonalGaussianModel(StrictModel):
     logit_alpha: float | None = Field(
         None, description="apply Logit(alpha) before the Gaussian (image data)"
     )
+    fit: Literal["closed_form", "gradient"] = Field(
+        "closed_form", description="'closed_form': the maximum-likelihood mean and variance "
+        "of the preprocessed training data (train.max_steps: 0); 'gradient': trained like "
+        "the flows (an under-trained baseline overstates every flow's margin)",
+    )  # fmt: skip
+    fit_draws: int = Field(
+        16, gt=0, description="dequantization draws of the training set the closed-form "
+        "moments average over (discrete data)",
+    )  # fmt: skip
 
 
 class RunBase(StrictModel):
@@ -144,6 +156,18 @@ class RunConfig(RunBase):
     train: TrainConfig
     model: Any
 
+    @model_validator(mode="after")
+    def _closed_form_takes_no_steps(self) -> RunConfig:
+        closed = isinstance(self.model, DiagonalGaussianModel) and self.model.fit == "closed_form"
+        if closed and self.train.max_steps:
+            raise ValueError(
+                "model.fit 'closed_form' is the maximum-likelihood fit already: set "
+                "train.max_steps: 0 (gradient steps would only add noise to it)"
+            )
+        if not closed and not self.train.max_steps:
+            raise ValueError("train.max_steps: 0 is for a model fitted in closed form only")
+        return self
+
 
 class KLTrainConfig(TrainBase):
     """Reverse-KL training towards an unnormalised target (Rezende et al. 2020, Sec. 5;
@@ -151,6 +175,7 @@ class KLTrainConfig(TrainBase):
     flow and minimises E_q[log q − log p̃]. The final model is evaluated."""
 
     batch_size: int = Field(256, gt=0)
+    max_steps: int = Field(..., gt=0)
     eval_every: int = Field(1000, gt=0, description="steps between monitoring estimates")
     log_every: int = Field(100, gt=0, description="steps between train-metric logs")
     checkpoint_every: int = Field(2000, gt=0, description="steps between resumable checkpoints")

@@ -378,6 +378,8 @@ def train(
                desc=f"{cfg.paper}/{cfg.experiment}/seed{cfg.seed}")  # fmt: skip
     run.model.train()
     try:
+        if tc.max_steps == 0 and not state.history:  # fitted in closed form: validate as built
+            run.validate()
         while state.step < tc.max_steps and not state.stopped_early:
             loss, grad_norm = run.step()
             steps_this_call += 1
