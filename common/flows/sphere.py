@@ -27,10 +27,12 @@ f is a diffeomorphism when ψ is c-convex (Sei 2013); two families:
 
 - EMSRE, a sum of radial exponentials ψ(x) = Σ_k (α_k/β_k) exp(β_k(μ_kᵀx − 1)), β_k > 0,
   α_k ≥ 0, Σ_k α_k ≤ 1 (the paper's condition; here Σ α_k < 1 strictly, via a slack logit);
-- EMP, a quadratic ψ(x) = ½ xᵀAx. With r cot r ≥ (s/2)·cot(s/2) for the eigenvalue spread s
-  of A (|v| ≤ s/2 and H ⪰ −s·I), det df > 0 everywhere when s < 2·arctan(1/2) ≈ 0.927, and a
-  local diffeomorphism of S² homotopic to the identity is a diffeomorphism. ‖A‖_F < 0.45 is
-  enforced, so s < 0.9.
+- EMP, the paper's ψ(x) = μᵀx + ½ xᵀAx with ‖μ‖₁ + ‖A‖₁ < 1 (entrywise ℓ1;
+  :class:`LinearQuadraticPotential` says why the ½ and the entrywise norm), and an even
+  variant ψ(x) = ½ xᵀAx (:class:`QuadraticPotential`). For the even one, with r cot r ≥
+  (s/2)·cot(s/2) for the eigenvalue spread s of A (|v| ≤ s/2 and H ⪰ −s·I), det df > 0
+  everywhere when s < 2·arctan(1/2) ≈ 0.927, and a local diffeomorphism of S² homotopic to
+  the identity is a diffeomorphism. ‖A‖_F < 0.45 is enforced, so s < 0.9.
 
 Neither has a closed-form inverse: ``inverse`` runs Newton's method on the sphere to
 ``inverse_tol`` (in float64 whatever the input dtype), then one differentiable Newton step
@@ -56,6 +58,7 @@ from common.flows.splines import rational_quadratic_spline
 __all__ = [
     "ExpMapFlow",
     "InCylindricalCoordinates",
+    "LinearQuadraticPotential",
     "QuadraticPotential",
     "RadialPotential",
     "RecursiveSphereFlow",
@@ -171,10 +174,59 @@ class RadialPotential(nn.Module):
         return e @ mu, hess_forms
 
 
+def _tanh_shrink(n: Tensor) -> Tensor:
+    """tanh(n)/n for a norm n ≥ 0, smooth at 0 (1 − n²/3 there): multiplying a parameter of
+    norm n by it gives norm tanh(n) < 1, and the identity near 0."""
+    return torch.where(n > 1e-6, torch.tanh(n) / n.clamp_min(1e-6), 1 - n**2 / 3)
+
+
+def _quadratic_forms(A: Tensor) -> HessianForms:
+    """(u, n) ↦ (uᵀAu, uᵀAn, nᵀAn) for a symmetric ``A``: the forms of the Hessian A."""
+
+    def hess_forms(u: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        Au = u @ A
+        return _dot(Au, u), _dot(Au, n), _dot(n @ A, n)
+
+    return hess_forms
+
+
+class LinearQuadraticPotential(nn.Module):
+    """The paper's EMP potential (Sec. 4.2, its S² table): ψ(x) = μᵀx + ½ xᵀAx, A symmetric,
+    with ‖μ‖₁ + ‖A‖₁ < 1, ‖A‖₁ the sum of |A_ij| over all entries.
+
+    Parametrised as (μ, A) = tanh(n)/n · (m, S), S = (B + Bᵀ)/2, n = ‖m‖₁ + ‖S‖₁, so the
+    constraint holds for any free (m, B). ``forward(x)`` returns ∇ψ = μ + Ax and the forms of
+    ∇²ψ = A.
+
+    The factor ½ and the entrywise norm are what keep the map a bijection. The paper writes
+    ψ = μᵀx + xᵀAx. Read literally, with ∇ψ = μ + 2Ax, a map at the constraint folds: an
+    adversarial search found det df = −0.99. With the operator 1-norm (largest column sum) in
+    place of the entrywise one, det df = −0.99 again. With ½ and the entrywise norm, the same
+    search only reaches det df → 0⁺ at the boundary (e.g. ‖μ‖ = 1 at x = μ), and the strict
+    inequality keeps it positive (``tests/test_tori_spheres.py``)."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.m = nn.Parameter(0.1 * torch.randn(3, generator=generator))
+        self.B = nn.Parameter(0.1 * torch.randn(3, 3, generator=generator))
+
+    def coefficients(self) -> tuple[Tensor, Tensor]:
+        """(μ, A) with ‖μ‖₁ + ‖A‖₁ = tanh(‖m‖₁ + ‖S‖₁) < 1."""
+        S = (self.B + self.B.T) / 2
+        scale = _tanh_shrink(self.m.abs().sum() + S.abs().sum())
+        return scale * self.m, scale * S
+
+    def forward(self, x: Tensor) -> tuple[Tensor, HessianForms]:
+        mu, A = self.coefficients()
+        return mu + x @ A, _quadratic_forms(A)
+
+
 class QuadraticPotential(nn.Module):
-    """EMP's ψ(x) = ½ xᵀAx with A = 0.45·tanh(‖S‖_F)·S/‖S‖_F, S = (B + Bᵀ)/2, so that
+    """An even EMP, ψ(x) = ½ xᵀAx, with A = 0.45·tanh(‖S‖_F)·S/‖S‖_F, S = (B + Bᵀ)/2, so that
     ‖A‖₂ ≤ ‖A‖_F < 0.45 and the eigenvalue spread of A stays below 0.9 (see the module
-    docstring). ``forward(x)`` returns ∇ψ = Ax and the forms (uᵀAu, uᵀAn, nᵀAn)."""
+    docstring). Not the paper's form (:class:`LinearQuadraticPotential`): without the linear
+    term every such flow is symmetric under x ↦ −x. ``forward(x)`` returns ∇ψ = Ax and the
+    forms of A."""
 
     MAX_NORM = 0.45
 
@@ -184,18 +236,11 @@ class QuadraticPotential(nn.Module):
 
     def matrix(self) -> Tensor:
         S = (self.B + self.B.T) / 2
-        n = S.norm()
-        scale = torch.where(n > 1e-6, torch.tanh(n) / n.clamp_min(1e-6), 1 - n**2 / 3)
-        return self.MAX_NORM * scale * S
+        return self.MAX_NORM * _tanh_shrink(S.norm()) * S
 
     def forward(self, x: Tensor) -> tuple[Tensor, HessianForms]:
-        A = self.matrix()  # symmetric
-
-        def hess_forms(u: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            Au = u @ A
-            return _dot(Au, u), _dot(Au, n), _dot(n @ A, n)
-
-        return x @ A, hess_forms
+        A = self.matrix()
+        return x @ A, _quadratic_forms(A)
 
 
 class ExpMapFlow(Bijector):

@@ -19,7 +19,13 @@ from common.flows.bijector import Compose, Inverse, Reverse
 from common.flows.circle import circle_map
 from common.flows.flow import Flow
 from common.flows.manifolds import UniformSphere, UniformTorus
-from common.flows.sphere import ExpMapFlow, QuadraticPotential, RadialPotential, RecursiveSphereFlow
+from common.flows.sphere import (
+    ExpMapFlow,
+    LinearQuadraticPotential,
+    QuadraticPotential,
+    RadialPotential,
+    RecursiveSphereFlow,
+)
 from common.flows.torus import AutoregressiveTorusFlow
 from common.run.config import ConfigError, StrictModel
 from common.run.targets import Target
@@ -62,10 +68,14 @@ class RecursiveSphereModel(StrictModel):
 
 class ExpMapModel(StrictModel):
     """N_T = ``num_layers`` stacked exponential-map flows (Sec. 4.2): EMSRE (``radial``, K =
-    ``num_components`` radial terms per layer) or EMP (``quadratic``)."""
+    ``num_components`` radial terms per layer) or EMP (``linear_quadratic``,
+    the paper's; ``quadratic``, an even variant)."""
 
     name: Literal["sphere_expmap"] = "sphere_expmap"
-    potential: Literal["radial", "quadratic"]
+    potential: Literal["radial", "linear_quadratic", "quadratic"] = Field(
+        ..., description="'radial': EMSRE; 'linear_quadratic': the paper's EMP, μᵀx + ½xᵀAx; "
+        "'quadratic': an even EMP, ½xᵀAx (not in the paper)",
+    )  # fmt: skip
     num_layers: int = Field(1, gt=0)
     num_components: int = Field(1, gt=0, description="radial terms per layer (EMSRE only)")
 
@@ -96,12 +106,14 @@ def build_recursive_sphere_flow(cfg: RecursiveSphereModel, target: Target) -> Fl
 
 def build_expmap_flow(cfg: ExpMapModel, target: Target) -> Flow:
     _check_domain(cfg, target, "sphere")
-    if cfg.potential == "quadratic" and cfg.num_components != 1:
+    if cfg.potential != "radial" and cfg.num_components != 1:
         raise ConfigError("model.num_components applies to the radial potential (EMSRE) only")
 
     def potential():
         if cfg.potential == "radial":
             return RadialPotential(cfg.num_components)
+        if cfg.potential == "linear_quadratic":
+            return LinearQuadraticPotential()
         return QuadraticPotential()
 
     layers = [ExpMapFlow(potential()) for _ in range(cfg.num_layers)]
