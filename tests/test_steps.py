@@ -145,16 +145,19 @@ def test_compiled_reverse_kl_run_follows_the_eager_one_and_resumes_exactly(tmp_p
             assert resumed.metrics[key] == value or math.isnan(value), key
 
 
-@pytest.mark.parametrize("mode", ["graph", "loss"])
-def test_compiled_glow_run_initialises_actnorm_from_data(mode, data_root, tmp_path):
+@pytest.mark.parametrize(("mode", "permutation"), [("graph", "conv_lu"), ("loss", "conv_lu"),
+                                                   ("graph", "conv")])  # fmt: skip
+def test_compiled_glow_run_initialises_actnorm_from_data(mode, permutation, data_root, tmp_path):
     """A compiled Glow run trains in either compile mode, and ActNorm is initialised from
-    data (in 'graph' mode by the run's first step, which is eager)."""
+    data (in 'graph' mode by the run's first step, which is eager). The plain 1×1 conv's
+    weight is column-major (from QR): its compiled gradient must be laid out the same."""
     from papers.glow.model import build_model
     from papers.glow.train import CONFIG
 
     cfg = load_config(CONFIG, "papers/glow/configs/smoke/digits_conv_affine.yaml",
                       [f"data.root={data_root}", "train.compile=true", "train.max_steps=3",
                        f"train.compile_mode={mode}", "train.eval_every=3",
+                       f"model.permutation={permutation}",
                        "train.num_samples=0"])  # fmt: skip
     out = train(cfg, MaximumLikelihood(cfg, build_model), tmp_path, progress=False)
     assert math.isfinite(out.metrics["test/nll"]) and out.steps == 3

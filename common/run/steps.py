@@ -90,7 +90,14 @@ class CompiledGradient:
         return self._fn(tuple(p.detach() for p in self.params), self.buffers, batch)
 
     def assign(self, grads: tuple[Tensor, ...]) -> None:
+        """Set each ``p.grad``, laid out like ``p`` as autograd would (a parameter made from
+        ``torch.linalg.qr`` is column-major, the compiled gradient row-major): the compiled
+        optimiser step was traced on the first, eager, step's layout."""
         for p, g in zip(self.params, grads, strict=True):
+            if g.stride() != p.stride():
+                g = torch.empty_strided(p.shape, p.stride(), dtype=g.dtype, device=g.device).copy_(
+                    g
+                )
             p.grad = g
 
 
