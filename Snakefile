@@ -1,6 +1,8 @@
-# The reproduction pipeline. Targets: reproduce_<paper> (e.g. reproduce_glow), all.
+# The reproduction pipeline. Targets: reproduce_<paper> (e.g. reproduce_glow), all, and
+# reproduce_<paper>_ablation for a paper whose paper.yaml has an ablation (more seeds, longer).
 #
 #   snakemake reproduce_glow                          # cpu profile (default), offline
+#   snakemake reproduce_glow_ablation                 # Glow's Figure 3 ablation, 5 seeds
 #   snakemake reproduce_glow --config profile=smoke   # seconds
 #   snakemake -n reproduce_glow --config profile=paper  # dry run of the paper-scale jobs
 #   snakemake all                                     # every paper, and reports/README.md
@@ -40,3 +42,13 @@ for _paper in PAPERS:
         input:
             run_outputs(_paper),
             report_path(_paper),
+
+
+for _paper in ablation_papers():
+
+    rule:
+        name:
+            f"reproduce_{_paper}_ablation"
+        input:
+            ablation_outputs(_paper),
+            ablation_report_path(_paper),

@@ -9,6 +9,7 @@ PY = sys.executable  # the interpreter running Snakemake: the project's virtuale
 PROFILE = config["profile"]
 PAPERS = config["papers"]
 SEEDS = config["seeds"][PROFILE]
+ABLATION_SEEDS = config["ablation_seeds"][PROFILE]
 MLFLOW_DB = "runs/mlflow.db"
 TRACKING_URI = f"sqlite:///{ROOT / MLFLOW_DB}"  # absolute: every job writes the same store
 
@@ -94,12 +95,43 @@ def run_dir(profile, paper, experiment, seed):
     return f"runs/{profile}/{paper}/{experiment}/seed{seed}"
 
 
+def paper_meta(paper):
+    return yaml.safe_load((ROOT / "papers" / paper / "paper.yaml").read_text())
+
+
+def ablation_experiments(paper, profile=PROFILE):
+    """The experiments of the paper's ablation (paper.yaml) that exist at this profile."""
+    groups = paper_meta(paper).get("ablation", {}).get("groups", {})
+    present = set(experiments(paper, profile))
+    return sorted({e for names in groups.values() for e in names} & present)
+
+
+def main_experiments(paper, profile=PROFILE):
+    """What reproduce_<paper> runs: every experiment but the ablation's, except the paper's
+    index experiment, which the ablation shares (its first seeds are the same runs)."""
+    index = paper_meta(paper).get("index_experiment")
+    ablation = set(ablation_experiments(paper, profile)) - {index}
+    return [e for e in experiments(paper, profile) if e not in ablation]
+
+
 def run_outputs(paper, profile=PROFILE):
     return [
         f"{run_dir(profile, paper, e, s)}/metrics.json"
-        for e in experiments(paper, profile)
+        for e in main_experiments(paper, profile)
         for s in SEEDS
     ]
+
+
+def ablation_outputs(paper, profile=PROFILE):
+    return [
+        f"{run_dir(profile, paper, e, s)}/metrics.json"
+        for e in ablation_experiments(paper, profile)
+        for s in ABLATION_SEEDS
+    ]
+
+
+def ablation_papers():
+    return [p for p in PAPERS if ablation_experiments(p)]
 
 
 def report_path(paper, profile=PROFILE):
@@ -122,6 +154,11 @@ def index_run_outputs(profile=PROFILE):
     return [
         f"{run_dir(profile, p, e, s)}/metrics.json" for p, e in index_experiments(profile) for s in SEEDS
     ]
+
+
+def ablation_report_path(paper, profile=PROFILE):
+    folder = "reports" if profile == "cpu" else f"reports/{profile}"
+    return f"{folder}/{paper}_ablation.md"
 
 
 def index_path(profile=PROFILE):

@@ -1,8 +1,11 @@
 # reports/<paper>.md from the MLflow runs of this profile's jobs and papers/<paper>/paper.yaml,
-# and the cross-paper index reports/README.md from every paper's index experiment.
+# reports/<paper>_ablation.md from the ablation's runs (more seeds), and the cross-paper index
+# reports/README.md from every paper's index experiment.
 
 
 rule report:
+    wildcard_constraints:
+        paper="|".join(PAPERS),  # not <paper>_ablation
     input:
         metrics=lambda wc: run_outputs(wc.paper),
         claims="papers/{paper}/paper.yaml",
@@ -14,6 +17,22 @@ rule report:
     localrule: True
     shell:
         "{PY} -m common.run.reports paper --paper {wildcards.paper} --profile {PROFILE}"
+        " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.report}"
+        " > {log} 2>&1"
+
+
+rule report_ablation:
+    input:
+        metrics=lambda wc: ablation_outputs(wc.paper),
+        claims="papers/{paper}/paper.yaml",
+        store=ancient(MLFLOW_DB),
+    output:
+        report=ablation_report_path("{paper}"),
+    log:
+        f"runs/logs/report_{PROFILE}_{{paper}}_ablation.log",
+    localrule: True
+    shell:
+        "{PY} -m common.run.reports ablation --paper {wildcards.paper} --profile {PROFILE}"
         " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.report}"
         " > {log} 2>&1"
 

@@ -47,7 +47,8 @@ def clone(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_all_papers_smoke_end_to_end(clone):
-    result = snakemake(clone, "all", "--config", "profile=smoke", "--cores", "2")
+    result = snakemake(clone, "all", "reproduce_glow_ablation", "--config", "profile=smoke",
+                       "--cores", "2")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
 
     report = (clone / "reports/smoke/nice.md").read_text()
@@ -60,8 +61,11 @@ def test_all_papers_smoke_end_to_end(clone):
         ), "a smoke run must not overwrite the committed cpu reports"
 
     glow = (clone / "reports/smoke/glow.md").read_text()
-    assert "## Ablation: Figure 3" in glow and "no verdict" in glow  # 2 of 6 variants at smoke
-    assert (clone / "reports/smoke/figures/glow/ablation_curves.png").exists()
+    assert "## Ablation: Figure 3" in glow and "[`glow_ablation.md`](glow_ablation.md)" in glow
+    ablation = (clone / "reports/smoke/glow_ablation.md").read_text()
+    assert "no verdict" in ablation  # 2 of 6 variants at smoke
+    assert "| 3 | `digits_reverse_additive` |" in ablation  # the paper ranks it third
+    assert (clone / "reports/smoke/figures/glow_ablation/ablation_curves.png").exists()
     for t in ("_T0.5", "_T0.7", ""):  # sample grids at three temperatures
         assert (clone / f"reports/smoke/figures/glow/digits_conv_affine_samples{t}.png").exists()
     assert "| T = 0.5 | T = 0.7 | T = 1 |" in glow and "## Compute used" in glow
@@ -75,7 +79,7 @@ def test_all_papers_smoke_end_to_end(clone):
         "| diagonal Gaussian | `digits_gaussian`",
     ):
         assert row in index, row
-    assert "at most 30 steps of batch 64 for every flow" in index
+    assert "Fixed training budget: 30 steps for every flow" in index  # smoke: no patience
 
     from mlflow.tracking import MlflowClient
 
@@ -90,7 +94,12 @@ def test_all_papers_smoke_end_to_end(clone):
     for run in runs:  # every run id in the report's provenance is a real MLflow run
         assert run.info.run_id[:8] in report
     glow_runs = client.search_runs([client.get_experiment_by_name("glow").experiment_id])
-    assert len(glow_runs) == 3 and all(r.info.run_id[:8] in glow for r in glow_runs)
+    # the baseline and the index experiment (seed 0) in glow.md; the ablation's two variants
+    # at seeds 0 and 1 in glow_ablation.md, sharing the index experiment's seed 0
+    assert len(glow_runs) == 5 and all(r.info.run_id[:8] in glow + ablation for r in glow_runs)
+    seeds = sorted(int(r.data.tags["seed"]) for r in glow_runs
+                   if r.data.tags["experiment"] == "digits_reverse_additive")  # fmt: skip
+    assert seeds == [0, 1]
 
     # The data rule rebuilt data/ offline; the rebuild reproduces the committed DVC hash.
     if (REPO / "data.dvc").exists():
@@ -179,3 +188,29 @@ def test_misspelt_long_job_is_named(clone, tmp_path):
     result = snakemake(clone, "-n", "reproduce_tori_spheres", "--configfile", str(bad))
     out = result.stdout + result.stderr
     assert result.returncode != 0 and "s2_emsre_42x1" in out and "no such experiments" in out
+
+
+def test_ablation_has_its_own_target_with_more_seeds(clone):
+    """reproduce_glow trains the baseline and the index experiment (3 seeds); the ablation
+    target trains the six variants at the ablation's 5 seeds."""
+    main = snakemake(clone, "-n", "reproduce_glow")
+    out = main.stdout + main.stderr
+    assert main.returncode == 0, out[-3000:]
+    assert "experiment=digits_shuffle_affine" not in out
+    assert "experiment=digits_conv_affine, seed=2" in out
+    ablation = snakemake(clone, "-n", "reproduce_glow_ablation")
+    out = ablation.stdout + ablation.stderr
+    assert ablation.returncode == 0, out[-3000:]
+    for variant in ("conv", "shuffle", "reverse"):
+        for coupling in ("additive", "affine"):
+            assert f"experiment=digits_{variant}_{coupling}, seed=4" in out
+    assert "reports/glow_ablation.md" in out and "rule report_ablation:" in out
+
+
+def test_paper_scale_ablation_is_the_authors_cifar10_command(clone):
+    result = snakemake(clone, "-n", "reproduce_glow_ablation", "--config", "profile=paper")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    job = out[out.index("experiment=cifar10_shuffle_additive, seed=2") :].split("Shell command")[0]
+    assert "gpu=1" in job
+    assert out.count("rule train:") == 18  # 6 variants × the authors' seeds 0, 1, 2

@@ -99,6 +99,17 @@ def test_realnvp_architecture_follows_the_paper():
     assert all(s.prior_net is None for s in layers if isinstance(s, Split))  # fixed N(0, I)
 
 
+def test_realnvp_doubles_feature_maps_per_scale_as_the_authors_code():
+    def widths(double: bool) -> list[int]:
+        cfg = RealNVPModel(num_scales=3, num_blocks=1, hidden_channels=4, double_per_scale=double)
+        flow = build_realnvp(cfg, fake_dataset((3, 8, 8)))
+        couplings = [c for c in leaves(flow.transform) if isinstance(c, ImageCoupling)]
+        return [c.conditioner.head.in_channels for c in couplings]
+
+    assert widths(False) == [4] * 16
+    assert widths(True) == [4] * 6 + [8] * 6 + [16] * 4  # 6 couplings per scale, 4 at the last
+
+
 def test_glow_architecture_follows_the_paper():
     cfg = GlowModel(num_levels=3, steps_per_level=3, hidden_channels=8)
     flow = build_glow(cfg, fake_dataset((3, 8, 8)))
@@ -134,6 +145,8 @@ def test_paper_configs_match_the_papers():
 
     rnvp = load_config(RealNVPConfig, "papers/realnvp/configs/paper/cifar10_realnvp.yaml")
     assert (rnvp.model.num_blocks, rnvp.model.hidden_channels, rnvp.train.batch_size) == (8, 64, 64)
+    assert rnvp.model.double_per_scale  # the authors' code
+    assert glow.model.permutation == "conv"  # the authors' CIFAR-10 run: the plain 1×1 conv
     assert rnvp.train.hflip and rnvp.model.scale_l2 == 5e-5 and rnvp.model.logit_alpha == 0.05
 
 

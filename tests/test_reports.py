@@ -159,16 +159,22 @@ def test_paper_yaml_errors_name_the_key():
         validate_paper_meta(meta, "glow/paper.yaml")
 
 
-def test_index_budget_sentence_ignores_early_stopping_and_names_differences():
+def test_index_budget_sentence_says_whether_runs_converged():
     from common.run.reports.index import _budget_sentence
 
-    def entry(name, **budget):
+    def entry(name, stopped_early=True, **budget):
         g = group(name, [2.0])
-        g.runs[0].summary = g.first.model_copy(update={"budget": g.first.budget.model_copy(
-            update=budget)})  # fmt: skip
+        s = g.first
+        update = {"budget": s.budget.model_copy(update=budget), "stopped_early": stopped_early}
+        g.runs[0].summary = s.model_copy(update=update)
         return (name, "glow", g)
 
-    same = [entry("a", max_steps=3000, patience=5), entry("b", max_steps=3000)]
-    assert _budget_sentence(same).startswith("Equal training budget: at most 3,000 steps")
+    converged = [entry("a", max_steps=20000, patience=20), entry("b", max_steps=20000, patience=20)]
+    assert "every run stopped before the cap" in _budget_sentence(converged)
+    capped = [entry("a", max_steps=20000, patience=20),
+              entry("b", False, max_steps=20000, patience=20)]  # fmt: skip
+    assert "**`b` reached the step cap on some seed**" in _budget_sentence(capped)
+    fixed = [entry("a", False, max_steps=3000), entry("b", False, max_steps=3000)]
+    assert _budget_sentence(fixed).startswith("Fixed training budget: 3,000 steps")
     different = [entry("a", max_steps=3000), entry("b", max_steps=1000)]
     assert "budgets differ" in _budget_sentence(different)

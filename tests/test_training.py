@@ -137,7 +137,8 @@ def test_resume_with_polyak_averaging_and_flips_is_exact(data_root, tmp_path):
     averaged weights, not the raw ones, are what is evaluated and kept as best.pt."""
     from papers.glow.model import build_model as build_glow_model
 
-    cfg = glow_cfg(data_root, polyak_decay=0.9, hflip=True, sample_temperatures=[0.5, 1.0])
+    cfg = glow_cfg(data_root, polyak_decay=0.9, hflip=True, random_shift=1,
+                   sample_temperatures=[0.5, 1.0])  # fmt: skip
     full = train_and_evaluate(cfg, build_glow_model, tmp_path / "a", progress=False)
     train_and_evaluate(cfg, build_glow_model, tmp_path / "b", stop_after=7, progress=False)
     resumed = train_and_evaluate(cfg, build_glow_model, tmp_path / "b", progress=False)
@@ -151,6 +152,24 @@ def test_resume_with_polyak_averaging_and_flips_is_exact(data_root, tmp_path):
         assert torch.equal(best[key], averaged[f"module.{key}"])
     figures = {p.name for p in (tmp_path / "a/figures").iterdir()}
     assert {"samples.png", "samples_T0.5.png", "curves.png"} <= figures
+
+
+def test_random_shift_translates_each_image_and_repeats_edges():
+    from common.run.objectives import random_shift
+
+    x = torch.arange(2 * 1 * 4 * 5, dtype=torch.uint8).reshape(2, 1, 4, 5)
+    torch.manual_seed(0)
+    out = random_shift(x, 2)
+    torch.manual_seed(0)
+    dy, dx = torch.randint(-2, 3, (2, 2))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    for b in range(2):
+        for i in range(4):
+            for j in range(5):  # pixel (i, j) shows (i − dy, j − dx), clamped to the image
+                src = x[b, 0, min(max(i - dy[b], 0), 3), min(max(j - dx[b], 0), 4)]
+                assert out[b, 0, i, j] == src
+    assert (dy != 0).any() or (dx != 0).any()  # the seed shifts something: not vacuous
+    assert torch.equal(random_shift(x, 0), x)
 
 
 def test_flips_need_images(tmp_path, data_root):

@@ -118,6 +118,10 @@ class TrainConfig(TrainBase):
         (1.0,), min_length=1, description="base temperatures of the sample figures (Glow Sec. 5)"
     )
     hflip: bool = Field(False, description="random horizontal flips of training images")
+    random_shift: int = Field(
+        0, ge=0, description="random translations of training images by up to this many "
+        "pixels, edges repeated (the Glow authors' CIFAR-10 augmentation)",
+    )  # fmt: skip
 
 
 class DiagonalGaussianModel(StrictModel):

@@ -53,6 +53,7 @@ __all__ = [
     "eval_rng",
     "evaluate_nll",
     "kl_metrics",
+    "random_shift",
 ]
 
 EVAL_SEED = 1234  # the random draws of every evaluation: the same for every evaluation
@@ -147,6 +148,23 @@ def evaluate_nll(model: Flow, x: Tensor, batch_size: int, device: torch.device) 
     }
 
 
+def random_shift(x: Tensor, max_shift: int) -> Tensor:
+    """Translate each image of ``x`` ``(B, C, H, W)`` by its own offset (dy, dx), each uniform
+    on {−max_shift, …, max_shift}, repeating the edge pixels into the gap: the Glow authors'
+    CIFAR-10 augmentation (Keras ``width_shift_range=height_shift_range=0.1``, fill
+    'nearest'), with whole-pixel offsets where Keras interpolates fractional ones and floors.
+    Draws from the global RNG; returns ``x``'s dtype (levels stay levels)."""
+    n = max_shift
+    B, _, H, W = x.shape
+    padded = torch.nn.functional.pad(x.float(), (n, n, n, n), mode="replicate")
+    dy, dx = torch.randint(-n, n + 1, (2, B), device=x.device)
+    rows = torch.arange(H, device=x.device) + n - dy[:, None]  # (B, H): row i shows i − dy
+    cols = torch.arange(W, device=x.device) + n - dx[:, None]  # (B, W)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    shifted = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return shifted.permute(0, 3, 1, 2).to(x.dtype)
+
+
 def sample_figure_name(temperature: float) -> str:
     """``samples.png`` at T = 1 (what every image run draws), ``samples_T0.7.png`` otherwise."""
     return "samples.png" if temperature == 1.0 else f"samples_T{temperature:g}.png"
@@ -156,7 +174,8 @@ class MaximumLikelihood(Objective):
     """Maximum likelihood on a dataset: loss = mean NLL in nats per example; validation NLL
     picks the best model, which is tested. A step's input is the dequantized batch: batch
     order from (seed, epoch), random horizontal flips (``train.hflip``, RealNVP Sec. 4.1),
-    then the dequantization noise, all from the run's seeded stream."""
+    random translations (``train.random_shift``, the Glow authors' code), then the
+    dequantization noise, all from the run's seeded stream."""
 
     curve = ("train/nll", "val/nll")
     curve_label = "NLL (nats / example)"
@@ -169,8 +188,9 @@ class MaximumLikelihood(Objective):
     def build(self, device: torch.device) -> Flow:
         cfg, self.device = self.cfg, device
         self.data = data = load_dataset(cfg.data.name, cfg.data.root)
-        if cfg.train.hflip and not data.is_image:
-            raise ConfigError(f"train.hflip needs image data; {cfg.data.name!r} is not")
+        for key in ("hflip", "random_shift"):
+            if getattr(cfg.train, key) and not data.is_image:
+                raise ConfigError(f"train.{key} needs image data; {cfg.data.name!r} is not")
         self.dataset, self.data_md5 = cfg.data.name, data.md5
         self.batch_size = min(cfg.train.batch_size, len(data.x_train))
         return self.build_model(cfg.model, data)
@@ -182,6 +202,8 @@ class MaximumLikelihood(Objective):
         if self.cfg.train.hflip:  # flip a random half of the batch
             flip = torch.rand(len(x), device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.cfg.train.random_shift:
+            x = random_shift(x, self.cfg.train.random_shift)
         return model.dequantize(x)
 
     def loss(self, model: Flow, batch: tuple[Tensor, Tensor]) -> Tensor:

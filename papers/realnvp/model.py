@@ -48,6 +48,10 @@ class RealNVPModel(StrictModel):
     num_scales: int = Field(2, ge=1, description="scales; all but the last end in a split")
     num_blocks: int = Field(8, ge=1, description="residual blocks per s/t ResNet")
     hidden_channels: int = Field(64, gt=0, description="feature maps of the s/t ResNets")
+    double_per_scale: bool = Field(
+        False, description="double the ResNets' feature maps at each coarser scale, as the "
+        "authors' code does (the paper does not say)",
+    )  # fmt: skip
     batch_norm: bool = Field(True, description="BatchNorm bijector after each coupling and "
                              "batch norm inside the ResNets")  # fmt: skip
     scale_l2: float = Field(5e-5, ge=0, description="L2 on the weight-norm scales (Sec. 4.1)")
@@ -66,10 +70,14 @@ class RealNVPMLPModel(StrictModel):
     batch_norm: bool = Field(True, description="BatchNorm bijector after each coupling")
 
 
-def _coupling(num_channels: int, mask: str, parity: int, cfg: RealNVPModel) -> list[Bijector]:
+def _coupling(
+    num_channels: int, mask: str, parity: int, cfg: RealNVPModel, scale: int
+) -> list[Bijector]:
+    width = cfg.hidden_channels * (2**scale if cfg.double_per_scale else 1)
+
     def resnet(n_in: int, n_out: int) -> ResNetConditioner:
-        return ResNetConditioner(n_in, n_out, cfg.hidden_channels, cfg.num_blocks,
-                                 cfg.batch_norm, cfg.scale_l2)  # fmt: skip
+        return ResNetConditioner(n_in, n_out, width, cfg.num_blocks, cfg.batch_norm,
+                                 cfg.scale_l2)  # fmt: skip
 
     layers: list[Bijector] = [
         ImageCoupling(num_channels, LearnedBoundAffine, resnet, mask, parity)  # s = a·tanh(ŝ)
@@ -85,13 +93,13 @@ def _scale(shape: tuple[int, int, int], scale: int, cfg: RealNVPModel) -> Biject
     layers: list[Bijector] = []
     if scale == cfg.num_scales - 1:  # the last scale: 4 checkerboard couplings
         for k in range(4):
-            layers += _coupling(C, "checkerboard", k % 2, cfg)
+            layers += _coupling(C, "checkerboard", k % 2, cfg, scale)
         return Compose(*layers, Reshape(shape, (C * H * W,)))
     for k in range(3):
-        layers += _coupling(C, "checkerboard", k % 2, cfg)
+        layers += _coupling(C, "checkerboard", k % 2, cfg, scale)
     layers.append(Squeeze())  # (C, H, W) → (4C, H/2, W/2)
     for k in range(3):
-        layers += _coupling(4 * C, "channel", k % 2, cfg)
+        layers += _coupling(4 * C, "channel", k % 2, cfg, scale)
     squeezed = (4 * C, H // 2, W // 2)
     inner = _scale((2 * C, H // 2, W // 2), scale + 1, cfg)  # half the channels go on
     return Compose(*layers, Split(inner, squeezed, prior="fixed"))

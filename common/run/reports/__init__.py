@@ -1,5 +1,5 @@
-"""Reports generated from runs: ``reports/<paper>.md`` and the cross-paper index
-``reports/README.md``.
+"""Reports generated from runs: ``reports/<paper>.md``, ``reports/<paper>_ablation.md`` (a
+paper's ablation, its own target) and the cross-paper index ``reports/README.md``.
 
 Every number of ours comes from the runs' typed summaries (``metrics.json``, the same values
 MLflow holds) and the curves from the MLflow histories; the papers' numbers come from
@@ -12,11 +12,13 @@ as the paper's. Each of our numbers carries the scale it was obtained at.
         --baseline nice/digits_gaussian --metrics runs/cpu/*/digits_*/seed*/metrics.json \\
         --out reports/README.md
 
-Modules: ``runs`` (summaries grouped by experiment), ``compare`` (the verdicts), ``figures``,
-``meta`` (paper.yaml), ``paper`` (one paper's report), ``index`` (the index).
+Modules: ``runs`` (summaries grouped by experiment), ``stats`` (the tests behind verdicts),
+``compare`` (the verdicts), ``figures``, ``meta`` (paper.yaml), ``paper`` (one paper's report),
+``ablation`` (its ablation's report), ``index`` (the index).
 """
 
+from common.run.reports.ablation import generate_ablation_report
 from common.run.reports.index import generate_index
 from common.run.reports.paper import generate_report
 
-__all__ = ["generate_index", "generate_report"]
+__all__ = ["generate_ablation_report", "generate_index", "generate_report"]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from common.run.reports import __doc__ as DOC
-from common.run.reports import generate_index, generate_report
+from common.run.reports import generate_ablation_report, generate_index, generate_report
 from common.run.tracking import default_tracking_uri
 
 
@@ -25,12 +25,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("paper", help="reports/<paper>.md")
-    one.add_argument("--paper", required=True)
-    one.add_argument(
-        "--tracking-uri",
-        default=default_tracking_uri(),
-        help="MLflow store holding the runs' histories",
-    )
+    ablation = sub.add_parser("ablation", help="reports/<paper>_ablation.md")
+    for p in (one, ablation):
+        p.add_argument("--paper", required=True)
+        p.add_argument(
+            "--tracking-uri",
+            default=default_tracking_uri(),
+            help="MLflow store holding the runs' histories",
+        )
     index = sub.add_parser("index", help="reports/README.md, the cross-paper index")
     index.add_argument("--papers", nargs="+", required=True)
     index.add_argument(
@@ -39,13 +41,17 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="PAPER/EXPERIMENT of the baseline row (pipelines/config.yaml: index_baseline)",
     )
-    for p in (one, index):
+    for p in (one, ablation, index):
         p.add_argument("--profile", required=True, choices=["smoke", "cpu", "paper"])
         p.add_argument("--metrics", nargs="*", type=Path, default=[])
         p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "paper":
         path = generate_report(args.paper, args.profile, args.metrics, args.out, args.tracking_uri)
+    elif args.command == "ablation":
+        path = generate_ablation_report(
+            args.paper, args.profile, args.metrics, args.out, args.tracking_uri
+        )
     else:
         path = generate_index(args.profile, args.papers, args.metrics, args.out, args.baseline)
     print(f"wrote {path}")

@@ -35,20 +35,31 @@ def _papers_table(papers: list[str], report_dir: Path, profile: str) -> list[str
 
 
 def _budget_sentence(entries: list[tuple[str, str, Group]]) -> str:
-    # what the sentence states (early stopping is stated per run, by the best-step column)
-    budgets = {
-        g.first.budget.model_copy(update={"patience": None})
-        for _, _, g in entries
-        if g.model != "diagonal_gaussian"
-    }
+    """How the flows were trained, and whether the table compares converged models: with
+    early stopping every run that stopped before the step cap had stopped improving; a run
+    that reached the cap may still have been improving, and is named."""
+    flows = [g for _, _, g in entries if g.model != "diagonal_gaussian"]
+    budgets = {g.first.budget for g in flows}
     if len(budgets) != 1:
         return "**The training budgets differ** (see the max steps column)"
     b = next(iter(budgets))
-    return (
-        f"Equal training budget: at most {b.max_steps:,} steps of batch {b.batch_size} for "
-        f"every flow, {b.optimizer} (lr {b.lr:g}), validation every {b.eval_every} "
-        "steps"
+    common = (
+        f"{b.optimizer} (lr {b.lr:g}), batch {b.batch_size}, validation every {b.eval_every} steps"
     )
+    if b.patience is None:
+        return (
+            f"Fixed training budget: {b.max_steps:,} steps for every flow, {common}; a "
+            "comparison at this budget, not of converged models"
+        )
+    capped = [g.experiment for g in flows if not all(r.summary.stopped_early for r in g.runs)]
+    sentence = (
+        f"Every flow trained until {b.patience} validations in a row brought no improvement "
+        f"({common}, at most {b.max_steps:,} steps)"
+    )
+    if capped:
+        names = ", ".join(f"`{e}`" for e in capped)
+        return sentence + f"; **{names} reached the step cap on some seed**, still improving"
+    return sentence + "; every run stopped before the cap"
 
 
 HEADER = ["paper", "experiment", "test bpd", "test NLL (nats)", "params", "max steps",
@@ -64,8 +75,8 @@ def _side_by_side(entries: list[tuple[str, str, Group]], profile: str, report_di
         "",
         f"{_budget_sentence(entries)}; the test set is scored by the best-validation "
         "checkpoint; mean ± std over seeds. The best-step column says when each seed's "
-        "validation NLL was lowest; a run with `train.patience` set stops that many "
-        "validations later. These are our numbers at this scale, not the papers'.",
+        "validation NLL was lowest. The baseline is fitted in closed form (no steps). These "
+        "are our numbers at this scale, not the papers'.",
         "",
     ]
     rows = []
