@@ -144,7 +144,8 @@ def _claim_row(claim: dict, groups: dict[str, Group], paper: str, profile: str) 
     seeds = [sign * v for v in g.values(claim["metric"])]
     verdict = "metric missing from the runs" if stat is None else claim_verdict(claim, seeds)
     compute = f"{g.first.device}, {g.mean_wall():.0f} s/seed"
-    return [*head, fmt(stat, 2), g.first.scale, compute, verdict]
+    digits = 3 if abs(claim["value"]) < 10 else 2  # KL in hundredths needs the third digit
+    return [*head, fmt(stat, digits), g.first.scale, compute, verdict]
 
 
 def compute_lines(groups: dict[str, Group]) -> list[str]:
