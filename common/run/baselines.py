@@ -61,15 +61,15 @@ def fit_diagonal_gaussian(flow: Flow, x_train: Tensor, draws: int) -> None:
     from ``draws`` noise draws of the whole set, in float64. The affine layer maps
     y ↦ (y − μ)/σ: log_scale = −log σ, shift = −μ/σ."""
     *preprocess, affine = flow.transform.layers
-    total = total_sq = None
-    for _ in range(draws if flow.dequantization is not None else 1):
+    rounds = draws if flow.dequantization is not None else 1  # continuous data: one pass
+    total = total_sq = 0.0
+    for _ in range(rounds):
         y, _ = flow.dequantize(x_train)
         for layer in preprocess:
             y, _ = layer(y)
         y = y.double()
-        s, sq = y.sum(0), (y * y).sum(0)
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
-    n = len(x_train) * (draws if flow.dequantization is not None else 1)
+        total, total_sq = total + y.sum(0), total_sq + (y * y).sum(0)
+    n = len(x_train) * rounds
     mean = total / n
     std = (total_sq / n - mean**2).clamp_min(1e-12).sqrt()
     affine.log_scale.copy_(-std.log())
