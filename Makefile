@@ -43,7 +43,7 @@ lint: setup
 	$(BIN)/ruff format .
 
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1
 
 clean:
 	rm -rf runs .snakemake reports/smoke reports/paper

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from benchmarks.models import ROWS, Row, Subject, library_version
+from common.files import write_atomic
 from common.run.steps import CompiledGradient
-from common.run.summary import write_atomic
 
 GOAL = 1.2
 BARE = "ours: conditioners only"

@@ -18,16 +18,21 @@ TOY_NAMES = (
 
 
 class DatasetInfo(NamedTuple):
+    """What a dataset file must hold: ``x_train``, ``x_val`` and ``x_test`` of shape
+    ``(N, *event_shape)``; uint8 levels ``0 … num_levels - 1`` for discrete data, finite
+    float32 values for continuous data (``num_levels`` None). Checked at every load."""
+
     file: str  # path under the data root
     num_levels: int | None  # grey levels of discrete data; None for continuous data
     download: bool  # needs the internet (else built offline, deterministically)
+    event_shape: tuple[int, ...]  # the shape of one example
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits.npz", 17, False),
-    "mnist": DatasetInfo("mnist.npz", 256, True),
-    "cifar10": DatasetInfo("cifar10.npz", 256, True),
-    **{name: DatasetInfo(f"toy/{name}.npz", None, False) for name in TOY_NAMES},
+    "digits": DatasetInfo("digits.npz", 17, False, (1, 8, 8)),
+    "mnist": DatasetInfo("mnist.npz", 256, True, (1, 28, 28)),
+    "cifar10": DatasetInfo("cifar10.npz", 256, True, (3, 32, 32)),
+    **{name: DatasetInfo(f"toy/{name}.npz", None, False, (2,)) for name in TOY_NAMES},
 }
 
 

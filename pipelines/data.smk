@@ -8,7 +8,7 @@ rule data:
     output:
         OFFLINE_DATA + [str(dataset_path(name)) for name in online_datasets()],
     params:
-        online=" ".join(online_datasets()),
+        online=online_datasets(),
     log:
         "runs/logs/data.log",
     localrule: True
@@ -17,8 +17,8 @@ rule data:
     shell:
         """
         export DVC_NO_ANALYTICS=1
-        {{ {PY} -m dvc pull --quiet data.dvc || echo "data.dvc not in the DVC remote: building"; }} > {log} 2>&1
-        {PY} -m common.data prepare --root data --datasets {params.online} >> {log} 2>&1
-        {PY} -m dvc add --quiet data >> {log} 2>&1
-        {PY} -m dvc push --quiet data.dvc >> {log} 2>&1
+        {{ {PY:q} -m dvc pull --quiet data.dvc || echo "data.dvc not in the DVC remote: building"; }} > {log:q} 2>&1
+        {PY:q} -m common.data prepare --root data --datasets {params.online:q} >> {log:q} 2>&1
+        {PY:q} -m dvc add --quiet data >> {log:q} 2>&1
+        {PY:q} -m dvc push --quiet data.dvc >> {log:q} 2>&1
         """

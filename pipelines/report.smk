@@ -16,9 +16,9 @@ rule report:
         f"runs/logs/report_{PROFILE}_{{paper}}.log",
     localrule: True
     shell:
-        "{PY} -m common.run.reports paper --paper {wildcards.paper} --profile {PROFILE}"
-        " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.report}"
-        " > {log} 2>&1"
+        "{PY:q} -m common.run.reports paper --paper {wildcards.paper:q} --profile {PROFILE:q}"
+        " --tracking-uri {TRACKING_URI:q} --metrics {input.metrics:q} --out {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 rule report_ablation:
@@ -32,9 +32,9 @@ rule report_ablation:
         f"runs/logs/report_{PROFILE}_{{paper}}_ablation.log",
     localrule: True
     shell:
-        "{PY} -m common.run.reports ablation --paper {wildcards.paper} --profile {PROFILE}"
-        " --tracking-uri {TRACKING_URI} --metrics {input.metrics} --out {output.report}"
-        " > {log} 2>&1"
+        "{PY:q} -m common.run.reports ablation --paper {wildcards.paper:q} --profile {PROFILE:q}"
+        " --tracking-uri {TRACKING_URI:q} --metrics {input.metrics:q} --out {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 rule report_index:
@@ -51,6 +51,6 @@ rule report_index:
         f"runs/logs/report_{PROFILE}_index.log",
     localrule: True
     shell:
-        "{PY} -m common.run.reports index --papers {PAPERS} --profile {PROFILE}"
-        " --baseline {params.baseline:q} --metrics {input.metrics} --out {output.index}"
-        " > {log} 2>&1"
+        "{PY:q} -m common.run.reports index --papers {PAPERS:q} --profile {PROFILE:q}"
+        " --baseline {params.baseline:q} --metrics {input.metrics:q} --out {output.index:q}"
+        " > {log:q} 2>&1"

@@ -8,4 +8,4 @@ rule mlflow_store:
         MLFLOW_DB,
     localrule: True
     shell:
-        "{PY} -m common.run.tracking init --tracking-uri {TRACKING_URI} --experiments {PAPERS}"
+        "{PY:q} -m common.run.tracking init --tracking-uri {TRACKING_URI:q} --experiments {PAPERS:q}"

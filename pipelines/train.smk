@@ -21,6 +21,6 @@ rule train:
     resources:
         gpu=lambda wc: gpu_jobs(wc.paper, wc.profile, wc.experiment),
     shell:
-        "{PY} -m papers.{wildcards.paper}.train --config {input.config}"
-        " --set seed={wildcards.seed} --workdir {params.workdir}"
-        " --tracking-uri {TRACKING_URI} --no-progress > {log} 2>&1"
+        "{PY:q} -m papers.{wildcards.paper:q}.train --config {input.config:q}"
+        " --set seed={wildcards.seed:q} --workdir {params.workdir:q}"
+        " --tracking-uri {TRACKING_URI:q} --no-progress > {log:q} 2>&1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import struct
 
 import numpy as np
@@ -11,13 +12,15 @@ import pytest
 
 from common.data import (
     ChecksumError,
+    DatasetError,
     DatasetNotFoundError,
     build_offline,
     load_dataset,
 )
 from common.data.mnist import prepare_mnist, read_idx
-from common.data.npz import file_md5
+from common.data.npz import file_md5, load_npz, save_npz
 from common.data.toy import TOY_DATASETS, sample_toy
+from common.data.validate import dvc_recorded_md5
 
 
 def test_offline_build_is_byte_identical(data_root, tmp_path):
@@ -189,3 +192,98 @@ def test_cifar10_checksum_mismatch_and_wrong_archive(tmp_path):
     with pytest.raises(ValueError, match="no member 'cifar-10-batches-py/test_batch'"):
         prepare_cifar10(tmp_path / "data", tmp_path / "dl2", [partial.as_uri()], md5, n_val=2)
     assert not (tmp_path / "data" / "cifar10.npz").exists()
+
+
+# --- validation at load: corrupt files and bad content name the file, the split, the rows ---
+
+
+def _copy_digits(data_root, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "digits.npz").write_bytes((data_root / "digits.npz").read_bytes())
+    return root, load_npz(root / "digits.npz")
+
+
+def _flip(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda b: b"", "empty or truncated"),
+        (lambda b: b[: len(b) // 2], "zip archive is damaged"),
+        (lambda b: b"\x80\x04not a zip at all", "pickled data is never loaded"),
+        (lambda b: _flip(b, 100), "Header does not contain"),
+        (lambda b: _flip(b, len(b) // 3), "Bad CRC-32"),
+    ],
+    ids=["empty", "truncated", "not-a-zip", "flipped-header-byte", "flipped-data-byte"],
+)
+def test_a_corrupt_file_is_one_clear_error(data_root, tmp_path, damage, reason):
+    root, _ = _copy_digits(data_root, tmp_path)
+    path = root / "digits.npz"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DatasetError) as info:
+        load_dataset("digits", root)
+    message = str(info.value)
+    assert str(path) in message and "is corrupt" in message and reason in message
+    assert "python -m common.data prepare --datasets digits" in message
+    assert "allow_pickle" not in message  # numpy's advice would be unsafe
+
+
+def test_a_corrupt_file_is_compared_with_the_dvc_record(data_root, tmp_path):
+    """data.dvc names the folder's manifest in the DVC cache; the manifest gives the file's
+    MD5. The message says whether the damaged file still matches it."""
+    root, _ = _copy_digits(data_root, tmp_path)
+    good = file_md5(root / "digits.npz")
+    manifest = json.dumps([{"md5": good, "relpath": "digits.npz"}]).encode()
+    digest = hashlib.md5(manifest).hexdigest() + ".dir"
+    cache = tmp_path / ".dvc" / "cache" / "files" / "md5" / digest[:2]
+    cache.mkdir(parents=True)
+    (cache / digest[2:]).write_bytes(manifest)
+    (tmp_path / "data.dvc").write_text(f"outs:\n- md5: {digest}\n  path: data\n")
+    assert dvc_recorded_md5(root / "digits.npz") == good
+    (root / "digits.npz").write_bytes(b"")
+    with pytest.raises(DatasetError, match=f"differs from the {good} data.dvc records"):
+        load_dataset("digits", root)
+
+
+def _corrupt_split(root, arrays, **changes):
+    save_npz(root / "digits.npz", **(arrays | changes))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: {"x_val": np.where(np.arange(len(a["x_val"]))[:, None, None, None] < 3,
+                                      np.uint8(17), a["x_val"])},
+         r"split 'val' .*: 3 of 180 rows have values above 16 \(first at row 0\)"),
+        (lambda a: {"x_test": a["x_test"][:, :, :4]},
+         r"split 'test' .* has shape \(180, 1, 4, 8\); expected \(N > 0, 1, 8, 8\)"),
+        (lambda a: {"x_train": a["x_train"].astype(np.float32)},
+         r"split 'train' .* has dtype float32; expected uint8"),
+    ],
+    ids=["out-of-levels", "shape", "dtype"],
+)  # fmt: skip
+def test_bad_image_content_names_the_split_and_the_rows(data_root, tmp_path, change, message):
+    root, arrays = _copy_digits(data_root, tmp_path)
+    _corrupt_split(root, arrays, **change(arrays))
+    with pytest.raises(DatasetError, match=message):
+        load_dataset("digits", root)
+
+
+def test_missing_split_is_named(data_root, tmp_path):
+    root, arrays = _copy_digits(data_root, tmp_path)
+    save_npz(root / "digits.npz", **{k: v for k, v in arrays.items() if k != "x_test"})
+    with pytest.raises(DatasetError, match=r"lacks the arrays \['x_test'\]"):
+        load_dataset("digits", root)
+
+
+def test_nan_in_a_toy_split_is_a_data_error_not_a_learning_rate_problem(tmp_path):
+    from common.data.toy import make_toy_splits
+
+    arrays = make_toy_splits("moons")
+    arrays["x_test"][[4, 9], 1] = [np.nan, np.inf]
+    save_npz(tmp_path / "toy" / "moons.npz", **arrays)
+    with pytest.raises(DatasetError, match=r"split 'test' .*: 2 of \d+ rows have NaN or inf"):
+        load_dataset("moons", tmp_path)

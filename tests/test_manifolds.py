@@ -183,4 +183,4 @@ def test_mixture_inverse_converges_in_float32_on_sharp_maps(family):
     assert ((x >= 0) & (x <= TWO_PI)).all()
     forward, _ = cmap(x.double(), params.double().expand(20000, -1, -1))
     assert (forward - y.double()).abs().max() < 1e-3
-    assert calls < 25
+    assert calls - 2 < 25  # the solver's; then the Newton step and the derivative at its end

@@ -8,6 +8,7 @@ from typing import Literal
 import pytest
 import torch
 
+from common.files import write_atomic
 from common.flows.bijector import Compose
 from common.flows.coupling import Coupling, alternating_mask
 from common.flows.distributions import StandardNormal
@@ -17,7 +18,7 @@ from common.flows.nets import MLP
 from common.run.config import ConfigError, KLTrainConfig, StrictModel, VariationalRunConfig
 from common.run.loop import train
 from common.run.objectives import MaximumLikelihood, ReverseKL, kl_metrics
-from common.run.summary import RunSummary, SummaryError, write_atomic
+from common.run.summary import RunSummary, SummaryError
 from common.run.targets import ENERGIES, Domain, EnergyTarget, density_on_grid
 from tests.test_training import make_cfg
 

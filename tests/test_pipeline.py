@@ -15,9 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    """Snakemake as ``make reproduce`` runs it: with the clone's own ``.venv`` interpreter
+    (a link to this one's environment), so the jobs' ``{PY}`` lies under the clone's path."""
+    python = cwd / ".venv/bin/python"
+    python = python if python.exists() else Path(sys.executable)
+    env = dict(os.environ, PATH=f"{python.parent}:{os.environ['PATH']}")
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
+        [str(python), "-m", "snakemake", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
@@ -29,8 +33,10 @@ def git(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """The working tree as a clean clone would have it: tracked and not-ignored files only."""
-    dest = tmp_path_factory.mktemp("clone") / "repo"
+    """The working tree as a clean clone would have it: tracked and not-ignored files only, in
+    a folder whose path has a space and a ``$`` (every shell interpolation must be quoted: an
+    unquoted one splits the path or expands ``$PATH``)."""
+    dest = tmp_path_factory.mktemp("clone") / "my repo $PATH"
     files = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
     for rel in files:
         src = REPO / rel
@@ -42,6 +48,8 @@ def clone(tmp_path_factory) -> Path:
     git(dest, "init", "-q")
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "snapshot")
+    if sys.prefix != sys.base_prefix:  # in a virtual environment: the clone gets it as .venv
+        (dest / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     return dest
 
 

@@ -15,17 +15,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common.data.errors import ChecksumError, DatasetNotFoundError
 from common.data.cifar10 import prepare_cifar10
+from common.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
 from common.data.mnist import prepare_mnist
-from common.data.npz import file_md5, load_npz, save_npz
+from common.data.npz import file_md5, save_npz
 from common.data.toy import TOY_DATASETS, make_toy_splits
+from common.data.validate import read_dataset_file, validate_splits
 from common.data_registry import DATASETS, dataset_path
 
 __all__ = [
     "DATASETS",
     "ChecksumError",
     "Dataset",
+    "DatasetError",
     "DatasetNotFoundError",
     "build_digits",
     "build_offline",
@@ -34,6 +36,7 @@ __all__ = [
     "prepare_cifar10",
     "prepare_mnist",
 ]
+
 
 @dataclass
 class Dataset:
@@ -86,7 +89,8 @@ def build_offline(root: str | Path) -> list[Path]:
 
 
 def load_dataset(name: str, root: str | Path) -> Dataset:
-    """Load ``name`` from ``root`` (usually ``data/``), or say how to create it."""
+    """Load ``name`` from ``root`` (usually ``data/``), validated against its registry entry
+    (:mod:`common.data.validate`), or say how to create it."""
     path = dataset_path(name, root)
     if not path.exists():
         how = (
@@ -97,7 +101,7 @@ def load_dataset(name: str, root: str | Path) -> Dataset:
             "pipeline, whose `data` rule does it and tracks the result with DVC)."
         )
         raise DatasetNotFoundError(f"dataset {name!r} not found at {path}. {how}")
-    arrays = load_npz(path)
+    arrays = validate_splits(name, path, read_dataset_file(name, path), DATASETS[name])
     return Dataset(
         name=name,
         x_train=torch.from_numpy(arrays["x_train"]),

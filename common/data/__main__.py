@@ -6,9 +6,18 @@ downloads the requested online ones, verifying checksums."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from common.data import DATASETS, build_offline, prepare_cifar10, prepare_mnist
+from common.data import (
+    DATASETS,
+    ChecksumError,
+    DatasetError,
+    DatasetNotFoundError,
+    build_offline,
+    prepare_cifar10,
+    prepare_mnist,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         if name not in downloaders:
             continue  # offline sets were built above
-        print(f"built {downloaders[name](args.root, args.downloads)}")
+        try:
+            print(f"built {downloaders[name](args.root, args.downloads)}")
+        except (DatasetNotFoundError, ChecksumError, DatasetError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import replace_atomically
+
 __all__ = ["file_md5", "load_npz", "save_npz"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest timestamp a zip file can hold
@@ -20,17 +22,16 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest timestamp a zip file can hold
 def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     """Write ``arrays`` to ``path`` (an uncompressed .npz readable by ``np.load``),
     members in sorted order with a fixed timestamp."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]))
-    tmp.replace(path)  # atomic: a killed build never leaves a half-written dataset
-    return path
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]))
+
+    return replace_atomically(path, write)  # a killed build never leaves a half-written file
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

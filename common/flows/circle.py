@@ -146,7 +146,7 @@ class ConvexMixtureMap(CircleMap):
         return y, torch.logsumexp(log_pi + log_derivs, dim=-1)
 
     @torch.no_grad()
-    def _solve(self, y: Tensor, params: Tensor) -> Tensor:
+    def _solve(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """θ with f(θ) = y: Newton's method kept inside a bracket [lo, hi] ∋ θ* that every
         evaluation narrows, bisecting instead whenever a Newton step would leave the bracket or
         is not half as long as the step before last (Newton may be cycling): "rtsafe", Press
@@ -154,7 +154,7 @@ class ConvexMixtureMap(CircleMap):
         there and the iteration converges, quadratically near the root: ~10 evaluations of f
         where bisection takes 25–40. A point is solved when its step or its bracket is below
         ``inverse_tol`` or the dtype's resolution, or its residual |f(θ) − y| is at that
-        resolution (float32 cannot place θ closer)."""
+        resolution (float32 cannot place θ closer). Returns θ and its bracket (lo, hi)."""
         resolution = 4 * torch.finfo(y.dtype).eps * TWO_PI
         tol = max(self.inverse_tol, resolution)
         lo, hi = torch.zeros_like(y), torch.full_like(y, TWO_PI)
@@ -174,16 +174,18 @@ class ConvexMixtureMap(CircleMap):
             step, step_before = torch.where(at_root, 0.0, step), step
             theta = theta - step
             if (at_root | (step.abs() <= tol) | (hi - lo <= tol)).all():
-                return theta
+                return theta, lo, hi
         raise RuntimeError(  # not reached: the bracket halves at least every other step
             f"{type(self).__name__}.inverse did not converge in {self.MAX_ITERATIONS} steps"
         )
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        theta0 = self._solve(y, params)
+        theta0, lo, hi = self._solve(y, params)
         y0, log_deriv = self(theta0, params)
-        theta = theta0 - (y0 - y) * (-log_deriv).exp()  # one Newton step: differentiable
-        return theta, -log_deriv
+        # One Newton step, for the gradients (implicit function theorem), kept in the bracket:
+        # where f' is tiny a residual at float32's resolution would step far outside [0, 2π].
+        theta = torch.clamp(theta0 - (y0 - y) * (-log_deriv).exp(), lo, hi)
+        return theta, -self(theta, params)[1]  # the derivative where θ ends, not at θ0
 
 
 class MobiusMixtureMap(ConvexMixtureMap):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from common.flows.bijector import Bijector, InputOutsideDomainError, sum_except_batch
@@ -70,6 +71,9 @@ class Logit(Bijector):
     code; the paper text writes α + (1 − α)x). α keeps the logit away from ±∞ at 0 and 1.
 
     ldj = Σ_d [log(1 − 2α) − log s_d − log(1 − s_d)],  s = α + (1 − 2α)x.
+
+    The inverse's ldj is written with log-sigmoids, log s = log σ(y) and log(1 − s) =
+    log σ(−y): σ(y) rounds to 1 in float32 for y ≳ 17, where log(1 − σ(y)) would be −∞.
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -82,7 +86,7 @@ class Logit(Bijector):
         return sum_except_batch(math.log1p(-2 * self.alpha) - torch.log(s) - torch.log1p(-s))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if ((x < 0) | (x > 1)).any():
+        if not ((x >= 0) & (x <= 1)).all():  # written so that NaN is outside too
             raise InputOutsideDomainError(
                 f"Logit expects inputs in [0, 1]; got range "
                 f"[{x.min().item():.4g}, {x.max().item():.4g}]"
@@ -91,5 +95,6 @@ class Logit(Bijector):
         return torch.log(s) - torch.log1p(-s), self._ldj(s)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        s = torch.sigmoid(y)
-        return (s - self.alpha) / (1 - 2 * self.alpha), -self._ldj(s)
+        x = (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
+        log_s, log_1ms = F.logsigmoid(y), F.logsigmoid(-y)
+        return x, sum_except_batch(log_s + log_1ms - math.log1p(-2 * self.alpha))

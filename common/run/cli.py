@@ -14,13 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.data import ChecksumError, DatasetNotFoundError
+from common.data import ChecksumError, DatasetError, DatasetNotFoundError
+from common.flows.bijector import InputOutsideDomainError
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, load_config
-from common.run.loop import NonFiniteLossError, StoppedAt, train
+from common.run.loop import CheckpointError, NonFiniteLossError, StoppedAt, train
 from common.run.objectives import MaximumLikelihood, Objective
 from common.run.summary import RunSummary
-from common.run.tracking import NullTracker, Tracker, default_tracking_uri
+from common.run.tracking import NullTracker, Tracker, TrackingError, default_tracking_uri
+
+# Failures with a known cause: one paragraph on stderr and exit status 1 (2 for a config
+# error), instead of a traceback. Anything else is a bug and keeps its traceback.
+KNOWN_FAILURES = (
+    ConfigError, DatasetNotFoundError, ChecksumError, DatasetError, NonFiniteLossError,
+    InputOutsideDomainError, CheckpointError, TrackingError,
+)  # fmt: skip
 
 __all__ = ["run_cli"]
 
@@ -52,6 +60,10 @@ def run_cli(
     add("--stop-after", type=int, default=None,
         help="checkpoint and exit after N steps (resume by running the same command again)")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--continue-with-changes", action="store_true",
+        help="continue from the workdir's last checkpoint although the config's optimisation "
+             "settings changed (learning rate, clipping, schedule, budget, patience); the "
+             "change is recorded in the run")
     # fmt: on
     args = parser.parse_args(argv)
 
@@ -65,8 +77,10 @@ def run_cli(
         )
         return train(
             cfg, objective(cfg, build_model), workdir, tracker, args.stop_after,
-            progress=not args.no_progress,
+            progress=not args.no_progress, continue_with_changes=args.continue_with_changes,
         )  # fmt: skip
-    except (ConfigError, DatasetNotFoundError, ChecksumError, NonFiniteLossError) as exc:
+    except KNOWN_FAILURES as exc:
+        if isinstance(exc, InputOutsideDomainError):
+            exc = f"{exc} (the data lies outside the model's domain: check the dataset)"
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None

@@ -39,18 +39,31 @@ import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
+from common.files import replace_atomically, write_atomic
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
 from common.run.objectives import Objective
 from common.run.steps import CompiledGradient, compile_optimizer_step, eager_gradient
-from common.run.summary import Budget, RunSummary, replace_atomically
+from common.run.summary import Budget, Continuation, RunSummary
 from common.run.tracking import NullTracker, git_state
 
-__all__ = ["NonFiniteLossError", "StoppedAt", "TrainState", "lr_factor", "resolve_device", "train"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "StoppedAt",
+    "TrainState",
+    "lr_factor",
+    "resolve_device",
+    "train",
+]
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss or gradient; the last good checkpoint is kept."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (truncated, or not a checkpoint of this trainer)."""
 
 
 @dataclass
@@ -64,6 +77,13 @@ class TrainState:
     stopped_early: bool = False
     wall_time_s: float = 0.0  # training time summed over every (resumed) call
     history: list[dict[str, float]] = field(default_factory=list)
+    # continuations with changed settings: {"step": k, "changes": {key: [old, new]}}
+    continuations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def warmup_from(self) -> int:
+        """The step the learning-rate warm-up counts from: the last continuation's."""
+        return self.continuations[-1]["step"] if self.continuations else 0
 
 
 @dataclass(frozen=True)
@@ -91,16 +111,39 @@ def make_optimizer(cfg: TrainBase, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, momentum=o.momentum, **common)
 
 
-def lr_factor(s: ScheduleConfig, step: int, max_steps: int) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then the schedule."""
-    if s.warmup_steps and step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
+def lr_factor(s: ScheduleConfig, step: int, max_steps: int, since: int = 0) -> float:
+    """Multiplier of the base learning rate at ``step``: a linear warm-up over
+    ``s.warmup_steps`` steps from step ``since`` (0, or the step a run was continued from with
+    changed settings), times the schedule's decay after the first ``s.warmup_steps`` steps:
+
+        factor = min(1, (step − since + 1) / warmup) · decay(max(0, step − warmup)),
+
+    decay(t) = γᵗ ('exponential'), a half cosine from 1 to ``min_lr_ratio`` ('cosine'), 1."""
+    ramp = 1.0
+    if s.warmup_steps and step - since < s.warmup_steps:
+        ramp = (step - since + 1) / s.warmup_steps
+    t = max(0, step - s.warmup_steps)
+    if t == 0 or s.name == "constant":
+        return ramp
     if s.name == "exponential":
-        return s.gamma ** (step - s.warmup_steps)
-    if s.name == "cosine":
-        progress = (step - s.warmup_steps) / max(1, max_steps - s.warmup_steps)
-        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
+        return ramp * s.gamma**t
+    progress = t / max(1, max_steps - s.warmup_steps)
+    return ramp * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# What a run continued from its last checkpoint may change (``--continue-with-changes``): the
+# settings one changes after a divergence or a plateau. The model, the data, the seed and the
+# optimiser's kind are fixed: the checkpoint's state only means something under them.
+CONTINUABLE = (
+    "train.optim.lr", "train.optim.weight_decay", "train.grad_clip", "train.schedule.",
+    "train.max_steps", "train.patience",
+)  # fmt: skip
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The flattened keys whose values differ between two resolved configs: key → (old, new)."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,6 +175,18 @@ class Polyak:
         return self.averaged.module
 
 
+def _read_run_record(path: Path, tracking_uri: str | None) -> str | None:
+    """The MLflow run id ``run.json`` names, if it belongs to ``tracking_uri``'s store."""
+    try:
+        record = json.loads(path.read_text())
+        run_id, uri = record["run_id"], record["tracking_uri"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"{path} is not a run record (delete it to start a new MLflow run)"
+        ) from None
+    return run_id if uri == tracking_uri else None
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` atomically: an interrupted save never corrupts the file already there."""
     replace_atomically(path, lambda tmp: torch.save(obj, tmp))
@@ -152,11 +207,15 @@ class _Run:
         self.model = objective.build(self.device).to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.tc, self.model.parameters())
+        self.state = TrainState()
+        self.continued_at: int | None = None  # the step this call continued from, if it did
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(self.tc.schedule, step, self.tc.max_steps)
+            self.optimizer,
+            lambda step: lr_factor(
+                self.tc.schedule, step, self.tc.max_steps, since=self.state.warmup_from
+            ),
         )
         self.polyak = Polyak(self.model, self.tc.polyak_decay) if self.tc.polyak_decay else None
-        self.state = TrainState()
         self.run_id: str | None = None
         self.params = list(self.model.parameters())
         compiled, mode = self.tc.compile, self.tc.compile_mode
@@ -177,15 +236,37 @@ class _Run:
 
     # --- checkpoints ------------------------------------------------------------------------
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path, allow_changes: bool = False) -> None:
         """Restore model, optimiser, scheduler, Polyak average and RNG streams; refuse a
-        checkpoint written by a different config."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # then into the devices
+        checkpoint written by a different config, unless ``allow_changes`` and the changes
+        are among :data:`CONTINUABLE` (see :meth:`continue_with`)."""
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # then the devices
+        except Exception as exc:  # truncated zip, not a torch file, a forbidden global
+            raise CheckpointError(
+                f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+                f"Move it aside to restart the run from step 0 (the run's other files are "
+                f"kept), or restore a good copy."
+            ) from None
+        changes = {}
         if ckpt.get("config") != self.resolved:
-            raise ConfigError(
-                f"{path.parent.parent} holds a checkpoint of a different config (see its "
-                "config.yaml); resume with the same config, or use another --workdir."
+            changes = config_changes(
+                json.loads(ckpt.get("config") or "{}"), json.loads(self.resolved)
             )
+            fixed = [k for k in changes if not k.startswith(CONTINUABLE)]
+            if not allow_changes or fixed:
+                listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+                hint = (
+                    f"{', '.join(fixed)} cannot change in a continued run (only "
+                    f"{', '.join(CONTINUABLE)} can); use another --workdir."
+                    if fixed
+                    else "resume with the same config, continue from the checkpoint with "
+                    "these changes (--continue-with-changes), or use another --workdir."
+                )
+                raise ConfigError(
+                    f"{path.parent.parent} holds a checkpoint of a different config ({listed}); "
+                    + hint
+                )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -196,7 +277,32 @@ class _Run:
             torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
         self.state = TrainState(**ckpt["state"])
         self.run_id = ckpt.get("run_id") or None
+        if changes:
+            self.continue_with(changes)
         print(f"resuming from {path} at step {self.state.step}")
+
+    def continue_with(self, changes: dict[str, tuple[Any, Any]]) -> None:
+        """Apply changed optimisation settings to the restored state: the optimiser's base
+        learning rate and weight decay, and the learning rate of the step about to run (a
+        warm-up, if configured, restarts here). Recorded in the state (and so in
+        ``metrics.json`` and an MLflow tag) as a continuation at this step."""
+        step, o = self.state.step, self.tc.optim
+        self.continued_at = step
+        self.state.continuations.append(
+            {"step": step, "changes": {k: list(v) for k, v in changes.items()}}
+        )
+        self.state.stopped_early = False  # a new patience or budget may let it go on
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["weight_decay"] = o.lr, o.weight_decay
+            lr = o.lr * lr_factor(self.tc.schedule, step, self.tc.max_steps, since=step)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # compiled runs read the tensor in place
+            else:
+                group["lr"] = lr
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        print(f"continuing at step {step} with changed settings: {shown}")
 
     def checkpoint(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.wall_start
@@ -216,8 +322,13 @@ class _Run:
         self.tracker.flush()  # the metrics up to the checkpoint are in the store
 
     def start_tracking(self) -> None:
-        """Write ``config.yaml`` and start the MLflow run (or reopen it when resuming)."""
+        """Write ``config.yaml`` and start the MLflow run, or reopen the workdir's run: the
+        one its checkpoint names, else the one ``run.json`` names (written when the run
+        starts, so a job killed before its first checkpoint is reopened, not duplicated)."""
         cfg, objective = self.cfg, self.objective
+        record = self.workdir / "run.json"
+        if self.run_id is None and record.exists():
+            self.run_id = _read_run_record(record, self.tracker.tracking_uri)
         save_config(cfg, self.workdir / "config.yaml")
         self.git_commit, self.git_dirty = git_state()
         tags = {
@@ -227,12 +338,19 @@ class _Run:
             "data_md5": objective.data_md5, "num_params": self.num_params,
             "device": str(self.device),
         }  # fmt: skip
-        new_run = self.run_id is None
         params = flatten(cfg.model_dump(mode="json"))
         name = f"{cfg.experiment}/seed{cfg.seed}"
-        self.run_id = self.tracker.start(name, tags, params, self.run_id)
-        if new_run:
+        run_id = self.tracker.start(name, tags, params, self.run_id)
+        for c in self.state.continuations:  # MLflow params are immutable: changes are tags
+            changed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in c["changes"].items())
+            self.tracker.set_tags({f"continued_at_step_{c['step']}": changed})
+        if self.continued_at is not None:  # in this call: what follows is not a replay
+            self.tracker.log_all_after(self.continued_at)
+        if run_id is not None and run_id != self.run_id:  # a new run
+            record_text = {"run_id": run_id, "tracking_uri": self.tracker.tracking_uri}
+            write_atomic(record, json.dumps(record_text, indent=2) + "\n")
             self.tracker.log_artifact(self.workdir / "config.yaml")
+        self.run_id = run_id
 
     # --- one step, one validation -------------------------------------------------------------
 
@@ -251,16 +369,18 @@ class _Run:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {state.step}. The last good "
-                f"checkpoint ({last}, if any) was kept. Try a lower learning rate "
-                "(train.optim.lr), gradient clipping (train.grad_clip) or a warm-up "
-                "(train.schedule.warmup_steps)."
+                f"checkpoint ({last}, if any) was kept: continue from it with a lower learning "
+                "rate (--set train.optim.lr=...), gradient clipping (train.grad_clip) or a "
+                "warm-up (train.schedule.warmup_steps), adding --continue-with-changes to the "
+                "same command; or start afresh in another --workdir."
             )
         grad_norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
         if not torch.isfinite(grad_norm):
             raise NonFiniteLossError(
                 f"non-finite gradient norm at step {state.step} (loss {loss.item():.4g}). The "
-                f"last good checkpoint ({last}, if any) was kept; try train.grad_clip or a "
-                "lower train.optim.lr."
+                f"last good checkpoint ({last}, if any) was kept: continue from it with "
+                "--set train.grad_clip=... or a lower train.optim.lr, adding "
+                "--continue-with-changes to the same command."
             )
         if tc.grad_clip is not None:
             clip_grads_with_norm_(self.params, tc.grad_clip, grad_norm, foreach=True)
@@ -323,7 +443,15 @@ class _Run:
             kept, best_step = self.ckpt_dir / "final.pt", state.step
             _save_atomic(model.state_dict(), kept)
         model.eval()
-        final = objective.test(model) | {"train/wall_time_s": state.wall_time_s}
+        final = objective.test(model)
+        if bad := sorted(k for k, v in final.items() if not math.isfinite(v)):
+            raise NonFiniteLossError(
+                f"non-finite test metrics ({', '.join(bad)}) of the model kept at step "
+                f"{best_step}, on the test split of {objective.dataset}: the model is finite on "
+                "the validation split, so look for bad values in the test data or inputs "
+                "outside the model's domain"
+            )
+        final |= {"train/wall_time_s": state.wall_time_s}
         tracker.log_metrics(final, state.step)
         fig_dir = self.workdir / "figures"
         fig_dir.mkdir(exist_ok=True)
@@ -344,6 +472,7 @@ class _Run:
                           patience=tc.patience),
             steps=state.step, best_step=best_step, stopped_early=state.stopped_early,
             wall_time_s=state.wall_time_s, metrics=final, figures=figures,
+            continuations=[Continuation(**c) for c in state.continuations],
         )  # fmt: skip
         summary.write(self.workdir / "metrics.json")
         tracker.log_artifact(self.workdir / "metrics.json")
@@ -358,19 +487,26 @@ def train(
     tracker: NullTracker | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    continue_with_changes: bool = False,
 ) -> RunSummary | StoppedAt:
     """Train as ``cfg`` and ``objective`` say; return the run summary.
 
-    Resumes from ``workdir/checkpoints/last.pt`` if present. ``stop_after``: checkpoint and
-    return :class:`StoppedAt` after this many steps in this call (for preemptible jobs; run the
-    same call again to resume).
+    Resumes from ``workdir/checkpoints/last.pt`` if present, which must have been written
+    under the same config; with ``continue_with_changes`` the config may differ from it in the
+    optimisation settings of :data:`CONTINUABLE` (a lower learning rate after a divergence),
+    and the run goes on from the checkpoint under them, the change recorded. ``stop_after``:
+    checkpoint and return :class:`StoppedAt` after this many steps in this call (for
+    preemptible jobs; run the same call again to resume).
     """
     workdir = Path(workdir)
+    if continue_with_changes and not (workdir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"nothing to continue: {workdir} has no checkpoints/last.pt")
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"the workdir {workdir} is a file; give a folder (--workdir)")
     workdir.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, objective, workdir, tracker or NullTracker())
     if (run.ckpt_dir / "last.pt").exists():
-        run.restore(run.ckpt_dir / "last.pt")
-    run.start_tracking()
+        run.restore(run.ckpt_dir / "last.pt", allow_changes=continue_with_changes)
     state, tc = run.state, run.tc
     run.wall_start, run.wall_before = time.perf_counter(), state.wall_time_s
     window_start, steps_this_call = time.perf_counter(), 0
@@ -378,6 +514,7 @@ def train(
                desc=f"{cfg.paper}/{cfg.experiment}/seed{cfg.seed}")  # fmt: skip
     run.model.train()
     try:
+        run.start_tracking()
         if tc.max_steps == 0 and not state.history:  # fitted in closed form: validate as built
             run.validate()
         while state.step < tc.max_steps and not state.stopped_early:

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common.files import save_figure  # noqa: E402
+
 __all__ = [
     "save_curves",
     "save_density_2d",
@@ -38,7 +40,7 @@ def save_image_grid(images: torch.Tensor, num_levels: int, path: Path, title: st
     ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -67,7 +69,7 @@ def save_density_2d(model, data: torch.Tensor, path: Path, title: str = "", n: i
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -92,7 +94,7 @@ def save_curves(
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -159,6 +161,6 @@ def _colorbar(fig, mappable, axes, label: str) -> None:
 
 def _finish(fig, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

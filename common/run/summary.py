@@ -10,22 +10,20 @@ values from MLflow params; MLflow keeps the per-step histories and the artifacts
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from common.files import write_atomic
 from common.run.config import StrictModel
 
 __all__ = [
     "Budget",
+    "Continuation",
     "FigureRecord",
     "RunSummary",
     "SummaryError",
-    "replace_atomically",
-    "write_atomic",
 ]
 
 
@@ -53,6 +51,14 @@ class FigureRecord(StrictModel):
     temperature: float | None = None
 
 
+class Continuation(StrictModel):
+    """A run continued from its checkpoint at ``step`` with changed settings
+    (``--continue-with-changes``): each changed config key with its [old, new] values."""
+
+    step: int
+    changes: dict[str, list[Any]]
+
+
 class RunSummary(StrictModel):
     """What ``metrics.json`` holds (see the module docstring)."""
 
@@ -76,6 +82,7 @@ class RunSummary(StrictModel):
     wall_time_s: float
     metrics: dict[str, float]
     figures: list[FigureRecord] = []
+    continuations: list[Continuation] = []
 
     def write(self, path: str | Path) -> Path:
         return write_atomic(Path(path), self.model_dump_json(indent=2) + "\n")
@@ -97,19 +104,3 @@ class RunSummary(StrictModel):
         return next(
             (f for f in self.figures if f.kind == kind and f.temperature == temperature), None
         )
-
-
-def replace_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: a
-    reader never sees a half-written file, and a crash never leaves one (nor harms the file
-    already there)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (:func:`replace_atomically`)."""
-    return replace_atomically(path, lambda tmp: tmp.write_text(text))

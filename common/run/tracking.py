@@ -1,9 +1,10 @@
 """One small facade over MLflow: every run of every paper is logged through it.
 
 Store: an SQLite database at an absolute path (``runs/mlflow.db`` by default) with artifacts
-beside it in ``runs/mlartifacts/``. Create it once with ``python -m common.run.tracking init``
-before parallel jobs start: concurrent *creation* of an SQLite store corrupts it, concurrent
-writes to an existing one are fine.
+beside it in ``runs/mlartifacts/``. Opening it creates it (tables and migrations) on first use;
+that runs under an OS file lock (``mlflow.db.lock`` beside it), so any number of jobs may
+start together against a store that does not exist yet. Writes to an existing store from
+parallel jobs are SQLite's business (it serialises them).
 
 A run carries tags (paper, experiment, scale, seed, git commit and dirty flag, data hash),
 params (the flattened resolved config), metrics per step and artifacts (config, checkpoint,
@@ -14,7 +15,6 @@ consumers (Snakemake, the report generator).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import time
@@ -24,11 +24,11 @@ from typing import Any
 __all__ = [
     "NullTracker",
     "Tracker",
+    "TrackingError",
     "default_tracking_uri",
     "git_state",
     "init_store",
     "sqlite_uri",
-    "write_metrics_json",
 ]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -74,10 +74,46 @@ def git_state(cwd: Path = REPO_ROOT) -> tuple[str, bool]:
     return commit, bool(status.strip())
 
 
+class TrackingError(RuntimeError):
+    """The tracking store cannot be opened or written (a bad URI, an unwritable folder)."""
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    return (
+        Path(tracking_uri.removeprefix("sqlite:///"))
+        if tracking_uri.startswith("sqlite:///")
+        else None
+    )
+
+
 def _client(tracking_uri: str):
+    """An MLflow client of ``tracking_uri``, its store created (or migrated) under a file lock.
+
+    MLflow creates an SQLite store's tables the first time a client opens it; two processes
+    doing that at once corrupt it (a test starting four jobs on a fresh path lost most of their
+    runs and left the file unopenable). The lock serialises that step only: once a client
+    is built, every later write goes through SQLite's own locking."""
+    from filelock import FileLock, Timeout
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    db = _sqlite_path(tracking_uri)
+    if db is None:
+        if "://" not in tracking_uri and not tracking_uri.startswith(("file:", "databricks")):
+            raise TrackingError(
+                f"unsupported tracking URI {tracking_uri!r}: use sqlite:///ABSOLUTE/PATH.db "
+                "or http(s)://HOST:PORT of an MLflow server"
+            )
+        return MlflowClient(tracking_uri=tracking_uri)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock", timeout=600):
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)  # creates and migrates the store now
+    except Timeout:
+        raise TrackingError(f"waited 10 minutes for the lock {db}.lock; is a job stuck?") from None
+    except Exception as exc:  # OSError, or SQLAlchemy's OperationalError on a read-only folder
+        raise TrackingError(f"cannot open the MLflow store at {db}: {exc}") from None
+    return client
 
 
 def _experiment_id(client, name: str, tracking_uri: str) -> str:
@@ -96,8 +132,6 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
 
 def init_store(tracking_uri: str, experiments: list[str]) -> None:
     """Create the store (if new) and one MLflow experiment per paper. Idempotent."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = _client(tracking_uri)
     for name in experiments:
         _experiment_id(client, name, tracking_uri)
@@ -107,11 +141,14 @@ class NullTracker:
     """Tracks nothing (``--no-tracking``, unit tests)."""
 
     run_id: str | None = None
+    tracking_uri: str | None = None
 
     def start(self, *args: Any, **kwargs: Any) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def flush(self) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_all_after(self, step: int) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -130,6 +167,7 @@ class Tracker(NullTracker):
         self.tracking_uri = tracking_uri
         self.flush_seconds = flush_seconds
         self._pending: list = []
+        self._logged_through: dict[str, int] = {}
         self._flushed_at = time.monotonic()
         self.client = _client(tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment, tracking_uri)
@@ -141,12 +179,11 @@ class Tracker(NullTracker):
         params: dict[str, Any],
         run_id: str | None = None,
     ) -> str:
-        """Start a new run, or reopen ``run_id`` when resuming (params are not re-logged)."""
+        """Start a new run, or reopen ``run_id`` when resuming (params are not re-logged;
+        see :meth:`_reopen`)."""
         from mlflow.entities import Param, RunTag
 
-        if run_id is not None:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+        if run_id is not None and self._reopen(run_id):
             return run_id
         run = self.client.create_run(
             self.experiment_id,
@@ -160,11 +197,35 @@ class Tracker(NullTracker):
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.source.type", "JOB")])
         return self.run_id
 
+    def _reopen(self, run_id: str) -> bool:
+        """Mark ``run_id`` RUNNING again and note, per metric, the last step it holds: a
+        resumed run replays the steps after its checkpoint, and those already in the store
+        are not logged twice. False (and a note) if the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            print(f"note: run {run_id} is not in {self.tracking_uri}; starting a new MLflow run")
+            return False
+        self.run_id = run_id
+        self._logged_through = {
+            key: max(m.step for m in self.client.get_metric_history(run_id, key))
+            for key in run.data.metrics
+        }
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        through = self._logged_through
+        self._pending += [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if step > through.get(k, -1)  # not a replayed step already in the store
+        ]
         if time.monotonic() - self._flushed_at >= self.flush_seconds:
             self.flush()
 
@@ -178,17 +239,23 @@ class Tracker(NullTracker):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_all_after(self, step: int) -> None:
+        """Log every point after ``step`` even where the store holds one already: a run
+        continued with changed settings at ``step`` follows a new trajectory from there (the
+        points the failed attempt logged after it stay, beside the new ones)."""
+        self._logged_through = {k: min(v, step) for k, v in self._logged_through.items()}
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             try:
                 self.flush()
             finally:
                 self.client.set_terminated(self.run_id, status=status)
-
-
-def write_metrics_json(path: Path, payload: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,8 @@ class RealNVPModel(StrictModel):
     batch_norm: bool = Field(True, description="BatchNorm bijector after each coupling and "
                              "batch norm inside the ResNets")  # fmt: skip
     scale_l2: float = Field(5e-5, ge=0, description="L2 on the weight-norm scales (Sec. 4.1)")
-    logit_alpha: float = Field(0.05, ge=0, lt=0.5, description="logit(α + (1 − 2α)x)")
+    logit_alpha: float = Field(0.05, gt=0, lt=0.5, description="logit(α + (1 − 2α)x); α > 0: "
+                               "a dequantized float32 pixel can round to exactly 1")  # fmt: skip
 
 
 class RealNVPMLPModel(StrictModel):

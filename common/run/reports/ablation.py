@@ -9,6 +9,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from common.files import write_atomic
 from common.run.reports.compare import ablation_verdict
 from common.run.reports.figures import ablation_figure
 from common.run.reports.meta import load_paper_meta
@@ -107,5 +108,5 @@ def generate_ablation_report(
         *compute_lines(groups),
         *provenance_lines(groups.values()),
     ]
-    out.write_text("\n".join(lines))
+    write_atomic(out, "\n".join(lines))
     return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import save_figure
 from common.run.plotting import plt
 from common.run.reports.runs import Group, table
 
@@ -44,7 +45,7 @@ def curves_figure(
     ax.set_title(f"{dataset}: {ylabel}, every seed", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -74,7 +75,7 @@ def ablation_figure(client, groups: list[tuple[str, list[Group]]], path: Path, t
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -91,7 +92,7 @@ def index_figure(entries: list[tuple[str, str, Group]], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("test bits / dim (bars: mean, dots: seeds; lower is better)")
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from common.files import write_atomic
 from common.run.reports.figures import index_figure
 from common.run.reports.meta import load_paper_meta
 from common.run.reports.paper import provenance_lines, reproduce_command
@@ -130,5 +131,5 @@ def generate_index(
     entries.sort(key=lambda e: e[2].stat("test/bpd")[0])
     if entries:
         lines += _side_by_side(entries, profile, report_dir)
-    out.write_text("\n".join(lines) + "\n")
+    write_atomic(out, "\n".join(lines) + "\n")
     return out

@@ -7,6 +7,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from common.files import write_atomic
 from common.run.reports.compare import LEVEL, claim_verdict, goal_verdict, verdict_vs_baseline
 from common.run.reports.figures import curves_figure, density_figure, sample_figures
 from common.run.reports.meta import load_paper_meta
@@ -269,5 +270,5 @@ def generate_report(
             lines += density_figure(g, fig_dir, rel)
     lines += compute_lines(groups)
     lines += provenance_lines(groups.values())
-    out.write_text("\n".join(lines))
+    write_atomic(out, "\n".join(lines))
     return out
