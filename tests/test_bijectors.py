@@ -146,13 +146,28 @@ def test_check_bijector_catches_state_outside_buffers():
         check_bijector(PlainAttributeInit(D), torch.randn(4, D), check_gradients=False)
 
 
+class DroppedLdjAffine(Affine):
+    """An affine map that forgets its log-determinant: right only at the identity."""
+
+    def forward(self, x, params):
+        z, ldj = super().forward(x, params)
+        return z, torch.zeros_like(ldj)
+
+    def inverse(self, z, params):
+        x, ldj = super().inverse(z, params)
+        return x, torch.zeros_like(ldj)
+
+
 def test_zero_initialised_layer_is_perturbed_first():
-    # A zero-initialised coupling is the identity: with perturbation its ldj must be non-zero.
-    layer = coupling(Affine, zero_init=True)
+    """A zero-initialised coupling is the identity, where an ldj of 0 is right: a coupling that
+    drops its ldj passes a check at the initial parameters and fails the perturbed one."""
+    layer = coupling(DroppedLdjAffine, zero_init=True)
     x = torch.randn(4, D)
-    assert torch.allclose(layer(x)[0], x)
-    result = check_bijector(layer, x)
-    assert result.num_parameters == len(list(layer.parameters()))
+    z, ldj = layer(x)
+    assert torch.allclose(z, x) and torch.equal(ldj, torch.zeros(4))  # unperturbed: "right"
+    with pytest.raises(AssertionError, match="ldj"):
+        check_bijector(layer, x)
+    check_bijector(coupling(Affine, zero_init=True), x)  # the honest layer passes
 
 
 # --- domains and contracts --------------------------------------------------------------

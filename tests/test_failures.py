@@ -403,3 +403,140 @@ def test_lr_factor_restarts_the_warm_up_at_a_continuation():
     assert [lr_factor(s, k, 100, since=20) for k in (20, 21, 23)] == [
         0.25 * 0.5**16, 0.5 * 0.5**17, 1.0 * 0.5**19,
     ]  # fmt: skip
+
+
+# --- tests that let real bugs through (item 12): each fails on a one-line bug named in it -----
+
+
+def test_kl_estimate_adds_log_z_hat():
+    """KL ≈ mean log(q/p̃) + log Ẑ. Writing − log Ẑ would still pass a one-sided "≤ exact KL"
+    check; the estimate must equal the exact KL up to the Monte-Carlo error of log Ẑ."""
+    from common.flows.bijector import Reverse
+    from common.flows.flow import Flow
+    from common.flows.manifolds import UniformTorus
+    from common.run.objectives import kl_metrics
+    from papers.tori_spheres.targets import TorusTarget
+
+    torch.manual_seed(7)
+    target = TorusTarget("t2_unimodal")
+    m = kl_metrics(Flow(Reverse(2), UniformTorus(2)).double(), target, 40000)
+    assert m["log_z_estimate"] == pytest.approx(target.log_z, abs=5 * m["kl_se"])
+    assert m["kl"] == pytest.approx(m["kl_exact"], abs=5 * m["kl_se"])
+
+
+def test_resume_restores_the_learning_rate_schedule(data_root, tmp_path):
+    """A warm-up and an exponential decay: a resumed run whose scheduler restarted from step
+    0 would train at other rates and end elsewhere."""
+    cfg = make_cfg(data_root, schedule={"name": "exponential", "gamma": 0.9, "warmup_steps": 8})
+    full = train(cfg, MaximumLikelihood(cfg, build_model), tmp_path / "a", progress=False)
+    train(cfg, MaximumLikelihood(cfg, build_model), tmp_path / "b", stop_after=13,
+          progress=False)  # fmt: skip
+    resumed = train(cfg, MaximumLikelihood(cfg, build_model), tmp_path / "b", progress=False)
+    assert resumed.metrics["test/nll"] == full.metrics["test/nll"]
+    lrs = [torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=True)["optimizer"]
+           ["param_groups"][0]["lr"] for d in ("a", "b")]  # fmt: skip
+    assert lrs[0] == lrs[1] == pytest.approx(1e-3 * 0.9 ** (40 - 8))
+
+
+def test_the_test_score_is_the_best_checkpoints(data_root, tmp_path, monkeypatch):
+    """Validation made to peak at step 20 of 40: the test metrics are those of best.pt's
+    weights, not of the last ones."""
+    cfg = make_cfg(data_root, max_steps=40, eval_every=10)
+    fake = iter([3.0, 1.0, 2.0, 4.0])  # val/nll at steps 10, 20, 30, 40
+    real_validate = MaximumLikelihood.validate
+    monkeypatch.setattr(
+        MaximumLikelihood, "validate", lambda self, m: real_validate(self, m) | {"nll": next(fake)}
+    )
+    objective = MaximumLikelihood(cfg, build_model)
+    out = train(cfg, objective, tmp_path, progress=False)
+    assert out.best_step == 20 and out.steps == 40
+    model = objective.build(torch.device("cpu"))
+    model.load_state_dict(torch.load(tmp_path / "checkpoints/best.pt", weights_only=True))
+    model.eval()
+    assert objective.test(model)["test/nll"] == out.metrics["test/nll"]
+    last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["model"]
+    model.load_state_dict(last)
+    assert objective.test(model)["test/nll"] != out.metrics["test/nll"]
+
+
+def test_an_already_downloaded_file_is_checked(tmp_path):
+    from common.data import ChecksumError
+    from common.data.download import fetch
+
+    dest = tmp_path / "dl" / "train-images-idx3-ubyte.gz"
+    dest.parent.mkdir()
+    dest.write_bytes(b"a stale or tampered download")
+    good = "0" * 32
+    with pytest.raises(ChecksumError, match="does not match the published"):
+        fetch(["http://127.0.0.1:9/"], dest, good)
+    assert not dest.exists() and dest.with_name(dest.name + ".corrupt").exists()
+
+
+def test_reverse_kl_logs_its_test_metrics(tmp_path):
+    from common.run.objectives import ReverseKL
+    from common.run.targets import EnergyTarget
+    from tests.test_objectives import energy_config, plane_flow
+
+    uri, client, _ = store(tmp_path)
+    init_store(uri, ["tests"])
+    cfg = energy_config(max_steps=20, eval_every=10, log_every=10)
+    objective = ReverseKL(cfg, plane_flow, lambda t: EnergyTarget(t["name"]))
+    out = train(cfg, objective, tmp_path / "run", Tracker(uri, "tests"), progress=False)
+    logged = client.get_run(out.run_id).data.metrics
+    for key in ("test/kl", "test/kl_exact", "test/ess", "test/quadrature_mass"):
+        assert logged[key] == out.metrics[key], key
+
+
+def test_flow_sample_applies_its_temperature():
+    """x = f⁻¹(T·z): the same base draw, scaled, through the inverse."""
+    from common.flows.testing import perturb_parameters
+    from common.run.targets import EnergyTarget
+    from tests.test_objectives import plane_flow
+
+    flow = plane_flow(None, EnergyTarget("u1"))
+    perturb_parameters(flow, 0.3, seed=0)  # not the identity it starts as
+    torch.manual_seed(1)
+    z = flow.base.sample(500)
+    torch.manual_seed(1)
+    x = flow.sample(500, temperature=0.5)
+    assert torch.allclose(x, flow.transform.inverse(0.5 * z)[0])
+    assert not torch.allclose(x, flow.transform.inverse(z)[0])
+
+
+def test_polyak_average_moves_by_one_minus_decay():
+    """avg ← decay·avg + (1 − decay)·θ: after one update from avg = 0 towards θ = 1 with decay
+    0.9 the average is 0.1 (1 − decay would give 0.9)."""
+    from common.run.loop import Polyak
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    polyak = Polyak(model, decay=0.9)
+    polyak.update(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    polyak.update(model)
+    assert polyak.model.weight.item() == pytest.approx(0.1)
+
+
+def test_sigterm_marks_the_run_killed(data_root, tmp_path):
+    """What Snakemake, Slurm and ``kill`` send: the run unwinds, MLflow says KILLED (not a
+    RUNNING orphan), the exit status is 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    uri, client, exp = store(tmp_path)
+    argv = [sys.executable, "-m", "papers.nice.train",
+            *map(str, nice_smoke(data_root, tmp_path, "train.max_steps=1000000")),
+            "--tracking-uri", uri, "--workdir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    job = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run/run.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the training loop
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130 and "run the same command again" in err
+    (run,) = client.search_runs([exp])
+    assert run.info.status == "KILLED"

@@ -3,6 +3,8 @@ architectures are the papers', and one training step on digits is finite."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -237,8 +239,19 @@ def test_realnvp_on_vectors_passes_and_trains(data_root):
     check_bijector(flow.transform, torch.randn(5, 2))
     for layer in flow.transform.layers:
         check_bijector(layer, torch.randn(5, 2))
-    loss = -flow.log_prob(data.x_train[:64]).mean()
-    loss.backward()
-    assert torch.isfinite(loss)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    losses = []
+    for step in range(60):
+        batch = data.x_train[64 * step : 64 * (step + 1)]
+        loss = -flow.log_prob(batch).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    flow.eval()
+    with torch.no_grad():
+        # it learned something: 3.48 nats at the start, 3.10 on validation after 60 steps
+        assert -flow.log_prob(data.x_val).mean() < losses[0] - 0.2
     with pytest.raises(ConfigError, match="continuous vectors"):
         build_realnvp_mlp(RealNVPMLPModel(), load_dataset("digits", data_root))

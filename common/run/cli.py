@@ -9,6 +9,7 @@ missing data, NaNs) end with a one-paragraph message and a non-zero exit, not a 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,10 @@ KNOWN_FAILURES = (
 )  # fmt: skip
 
 __all__ = ["run_cli"]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_cli(
@@ -66,6 +71,9 @@ def run_cli(
              "change is recorded in the run")
     # fmt: on
     args = parser.parse_args(argv)
+    # SIGTERM (what Snakemake, Slurm and `kill` send) unwinds like Ctrl-C: the MLflow run is
+    # marked KILLED instead of being left RUNNING; the last checkpoint is where it resumes.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
 
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
@@ -79,8 +87,14 @@ def run_cli(
             cfg, objective(cfg, build_model), workdir, tracker, args.stop_after,
             progress=not args.no_progress, continue_with_changes=args.continue_with_changes,
         )  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
     except KNOWN_FAILURES as exc:
         if isinstance(exc, InputOutsideDomainError):
             exc = f"{exc} (the data lies outside the model's domain: check the dataset)"
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

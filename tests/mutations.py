@@ -1,0 +1,114 @@
+"""Mutation check: does the test suite catch the one-line bugs a review found it let through?
+
+``python -m tests.mutations`` copies the repository's tracked files to a temporary folder once
+per mutation, applies the one-line bug there, runs the tests that should catch it, and prints
+caught / MISSED for each; exit status 1 if any is missed. Not part of ``make test`` (about
+two minutes); run it after changing the tests these bugs hide from.
+
+The list is issue 11, item 12: the ten bugs that once passed the whole suite.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Mutation(NamedTuple):
+    name: str
+    file: str
+    old: str  # exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must fail
+
+
+MUTATIONS = [
+    Mutation("KL estimate adds -log Z-hat", "common/run/objectives.py",
+             '"kl": -log_w.mean().item() + log_z_hat,', '"kl": -log_w.mean().item() - log_z_hat,',
+             ("tests/test_failures.py::test_kl_estimate_adds_log_z_hat",)),
+    Mutation("LR schedule not restored on resume", "common/run/loop.py",
+             'self.scheduler.load_state_dict(ckpt["scheduler"])', "pass",
+             ("tests/test_failures.py::test_resume_restores_the_learning_rate_schedule",)),
+    Mutation("test score from the last weights, not best.pt", "common/run/loop.py",
+             "model.load_state_dict(torch.load(kept, map_location=self.device, weights_only=True))",
+             "pass", ("tests/test_failures.py::test_the_test_score_is_the_best_checkpoints",)),
+    Mutation("an already-downloaded file is not checked", "common/data/download.py",
+             "    if dest.exists():\n        verify_md5(dest, md5)\n",
+             "    if dest.exists():\n",
+             ("tests/test_failures.py::test_an_already_downloaded_file_is_checked",)),
+    Mutation("reverse-KL test metrics not logged", "common/run/loop.py",
+             "tracker.log_metrics(final, state.step)",
+             "tracker.log_metrics({} if objective.select_on is None else final, state.step)",
+             ("tests/test_failures.py::test_reverse_kl_logs_its_test_metrics",)),
+    Mutation("ablation verdict: comparison direction flipped", "common/run/reports/compare.py",
+             "if p < ALPHA and t.diff < 0:", "if p < ALPHA and t.diff > 0:",
+             ("tests/test_reports.py",)),
+    Mutation("baseline verdict: better/worse sign flipped", "common/run/reports/compare.py",
+             "gain, low, high = -w.diff, -w.high, -w.low",
+             "gain, low, high = w.diff, w.low, w.high",
+             ("tests/test_reports.py",)),
+    Mutation("verdict on one seed", "common/run/reports/stats.py",
+             "if len(a) < 2 or len(b) < 2:", "if len(a) < 1 or len(b) < 1:",
+             ("tests/test_reports.py",)),
+    Mutation("Flow.sample ignores its temperature", "common/flows/flow.py",
+             "z = self.base.sample(n, temperature)", "z = self.base.sample(n)",
+             ("tests/test_failures.py::test_flow_sample_applies_its_temperature",)),
+    Mutation("Polyak averaging with 1 - decay", "common/run/loop.py",
+             "get_ema_multi_avg_fn(decay)", "get_ema_multi_avg_fn(1 - decay)",
+             ("tests/test_failures.py::test_polyak_average_moves_by_one_minus_decay",)),
+]  # fmt: skip
+
+
+def tracked_copy(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    for rel in files:
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+
+
+def pytest(root: Path, tests: tuple[str, ...]) -> bool:
+    """True when the tests pass."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True).returncode == 0
+
+
+def run(mutation: Mutation, root: Path) -> bool:
+    """True when the tests fail on the mutated copy (the bug is caught)."""
+    path = root / mutation.file
+    text = path.read_text()
+    if text.count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.name}: the line to mutate is not in {mutation.file} once")
+    path.write_text(text.replace(mutation.old, mutation.new))
+    try:
+        return not pytest(root, mutation.tests)
+    finally:
+        path.write_text(text)
+
+
+def main() -> None:
+    missed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tracked_copy(root)
+        every_test = tuple(sorted({t for m in MUTATIONS for t in m.tests}))
+        if not pytest(root, every_test):  # else a "caught" would mean nothing
+            raise SystemExit("the tests fail without any mutation: fix them first")
+        for mutation in MUTATIONS:
+            caught = run(mutation, root)
+            missed += not caught
+            print(f"{'caught' if caught else 'MISSED'}  {mutation.name}", flush=True)
+    raise SystemExit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
