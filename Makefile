@@ -3,6 +3,8 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Tools run as `python -m <tool>`, never through pip's launcher scripts: their shebang lines
+# break in a checkout whose path holds a `$` (the shell expands it).
 STAMP  := $(VENV)/.installed
 PAPER  ?= glow
 TARGET ?= reproduce_$(PAPER)
@@ -24,12 +26,12 @@ $(STAMP): pyproject.toml
 ## Run the main job (Glow at the cpu profile, offline) and regenerate reports/$(PAPER).md.
 ## Other papers: make reproduce PAPER=nice; everything and reports/README.md: make reproduce TARGET=all
 reproduce: setup
-	$(BIN)/snakemake $(TARGET) --cores $(CORES) --workflow-profile pipelines/profiles/local
+	$(BIN)/python -m snakemake $(TARGET) --cores $(CORES) --workflow-profile pipelines/profiles/local
 
 ## Lint, format check and the whole test suite
 test: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m pytest
 
 ## Speed against zuko, nflows, normflows and FrEIA (installs them, an optional extra); writes
@@ -39,11 +41,11 @@ bench: setup
 	$(BIN)/python -m benchmarks.run --out reports/performance.md
 
 lint: setup
-	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format .
+	$(BIN)/python -m ruff check --fix .
+	$(BIN)/python -m ruff format .
 
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1
+	$(BIN)/python -m mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1
 
 clean:
 	rm -rf runs .snakemake reports/smoke reports/paper
