@@ -25,3 +25,15 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _needs_compile():
+    from common.run.steps import compile_blocker
+
+    reason = compile_blocker()
+    return pytest.mark.skipif(reason is not None, reason=f"torch.compile cannot work: {reason}")
+
+
+needs_compile = _needs_compile()
+"""Marks a test that runs ``torch.compile``: skipped where PyTorch's compiler cannot work
+(torch installed under a path with a space; the trainer then runs eagerly)."""

@@ -540,3 +540,21 @@ def test_sigterm_marks_the_run_killed(data_root, tmp_path):
     assert job.returncode == 130 and "run the same command again" in err
     (run,) = client.search_runs([exp])
     assert run.info.status == "KILLED"
+
+
+def test_compile_falls_back_to_eager_where_torch_cannot_link(data_root, tmp_path, monkeypatch,
+                                                             capsys):  # fmt: skip
+    """PyTorch 2.13 cannot compile with torch under a path with a space; a run asking for
+    train.compile then trains eagerly, says so, and records compiled = False."""
+    import common.run.loop as loop
+    from common.run import steps
+
+    monkeypatch.setattr(steps.torch, "__file__", "/opt/my envs/torch/__init__.py")
+    assert "path with a space (/opt/my envs/torch/lib)" in steps.compile_blocker()
+    monkeypatch.setattr(loop, "compile_blocker", steps.compile_blocker)
+    uri, client, exp = store(tmp_path)
+    cfg = make_cfg(data_root, max_steps=10, compile=True)
+    out = train(cfg, MaximumLikelihood(cfg, build_model), tmp_path / "run",
+                Tracker(uri, "nice"), progress=False)  # fmt: skip
+    assert "training eagerly" in capsys.readouterr().out
+    assert client.get_run(out.run_id).data.tags["compiled"] == "False"

@@ -20,6 +20,7 @@ from common.run.loop import train
 from common.run.objectives import MaximumLikelihood, ReverseKL, kl_metrics
 from common.run.summary import RunSummary, SummaryError
 from common.run.targets import ENERGIES, Domain, EnergyTarget, density_on_grid
+from tests.conftest import needs_compile
 from tests.test_training import make_cfg
 
 
@@ -94,6 +95,7 @@ def test_reverse_kl_refuses_early_stopping():
         ReverseKL(energy_config(patience=2), plane_flow, EnergyTarget)
 
 
+@needs_compile
 def test_compiled_likelihood_loss_equals_the_eager_one(data_root):
     from papers.nice.model import build_model
 

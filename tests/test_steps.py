@@ -17,6 +17,9 @@ from common.run.config import OptimConfig, ScheduleConfig, TrainBase, load_confi
 from common.run.loop import StoppedAt, lr_factor, make_optimizer, train
 from common.run.objectives import MaximumLikelihood, ReverseKL
 from common.run.steps import CompiledGradient, compile_optimizer_step, eager_gradient
+from tests.conftest import needs_compile
+
+pytestmark = needs_compile  # every test here compiles
 
 
 def _paper_model(paper: str, experiment: str, data_root):

@@ -28,6 +28,7 @@ from common.run.targets import Domain, density_on_grid
 from papers.tori_spheres.model import TorusFlowModel, build_model
 from papers.tori_spheres.targets import S2_MODES, SphereTarget, TorusTarget, make_target
 from papers.tori_spheres.train import ToriSpheresConfig
+from tests.conftest import needs_compile
 
 FAMILIES = ["mobius", "spline", "ncp"]
 
@@ -278,6 +279,7 @@ def test_reverse_kl_training_lowers_kl_and_resumes_exactly(tmp_path):
     assert full.metrics["test/kl_exact"] < before.metrics["test/kl_exact"]
 
 
+@needs_compile
 def test_compiled_loss_equals_eager_loss():
     torch.manual_seed(10)
     target = SphereTarget()

@@ -43,7 +43,12 @@ from common.files import replace_atomically, write_atomic
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
 from common.run.objectives import Objective
-from common.run.steps import CompiledGradient, compile_optimizer_step, eager_gradient
+from common.run.steps import (
+    CompiledGradient,
+    compile_blocker,
+    compile_optimizer_step,
+    eager_gradient,
+)
 from common.run.summary import Budget, Continuation, RunSummary
 from common.run.tracking import NullTracker, git_state
 
@@ -94,15 +99,15 @@ class StoppedAt:
     step: int
 
 
-def make_optimizer(cfg: TrainBase, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainBase, params, compiled: bool | None = None) -> torch.optim.Optimizer:
     """The configured optimiser. Eager runs use its multi-tensor (``foreach``) form: the same
     arithmetic as the per-tensor loop PyTorch defaults to on CPU, in fewer dispatches (a step
     of a small flow is dominated by them). Compiled runs (``train.compile``) hold the learning
     rate in a tensor, so the compiled update reads the schedule's value instead of
     recompiling for each new one (PyTorch allows a tensor learning rate only there)."""
-    o = cfg.optim
-    lr = torch.tensor(o.lr) if cfg.compile else o.lr
-    common = {"lr": lr, "weight_decay": o.weight_decay, "foreach": not cfg.compile}
+    o, compiled = cfg.optim, cfg.compile if compiled is None else compiled
+    lr = torch.tensor(o.lr) if compiled else o.lr
+    common = {"lr": lr, "weight_decay": o.weight_decay, "foreach": not compiled}
     if o.name in ("adam", "adamax"):
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.Adamax
         return cls(params, betas=o.betas, eps=o.eps, **common)
@@ -206,7 +211,12 @@ class _Run:
             raise ConfigError("train.patience needs an objective that selects a best model")
         self.model = objective.build(self.device).to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = make_optimizer(self.tc, self.model.parameters())
+        self.compile_blocker = compile_blocker() if self.tc.compile else None
+        if self.compile_blocker:
+            print(f"note: train.compile is on, but {self.compile_blocker}: training eagerly "
+                  "(the same arithmetic up to rounding, slower steps)", flush=True)  # fmt: skip
+        compiled = self.tc.compile and self.compile_blocker is None
+        self.optimizer = make_optimizer(self.tc, self.model.parameters(), compiled)
         self.state = TrainState()
         self.continued_at: int | None = None  # the step this call continued from, if it did
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -218,7 +228,7 @@ class _Run:
         self.polyak = Polyak(self.model, self.tc.polyak_decay) if self.tc.polyak_decay else None
         self.run_id: str | None = None
         self.params = list(self.model.parameters())
-        compiled, mode = self.tc.compile, self.tc.compile_mode
+        mode = self.tc.compile_mode
         self.compiled_gradient = (
             CompiledGradient(self.model, objective.loss) if compiled and mode == "graph" else None
         )
@@ -337,6 +347,7 @@ class _Run:
             "git_commit": self.git_commit, "git_dirty": self.git_dirty,
             "data_md5": objective.data_md5, "num_params": self.num_params,
             "device": str(self.device),
+            "compiled": self.tc.compile and not self.compile_blocker,
         }  # fmt: skip
         params = flatten(cfg.model_dump(mode="json"))
         name = f"{cfg.experiment}/seed{cfg.seed}"

@@ -22,6 +22,7 @@ is the same compiled or not; the arithmetic is the same up to floating-point rou
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +31,21 @@ from torch.func import functional_call, grad_and_value
 
 from common.flows.flow import Flow
 
-__all__ = ["CompiledGradient", "compile_optimizer_step", "eager_gradient"]
+__all__ = ["CompiledGradient", "compile_blocker", "compile_optimizer_step", "eager_gradient"]
+
+
+def compile_blocker() -> str | None:
+    """Why ``torch.compile`` cannot work here, or None. PyTorch 2.13's Inductor passes the
+    torch library folder to the C++ linker unquoted (``-L<path>``), so a torch installed under
+    a path with whitespace (a checkout in "my repo/") fails every compile
+    (pytorch/pytorch#191010, fixed after 2.13)."""
+    lib = Path(torch.__file__).parent / "lib"
+    if any(c.isspace() for c in str(lib)):
+        return (
+            f"torch is installed under a path with a space ({lib}), which PyTorch "
+            "2.13's compiler cannot link against (pytorch/pytorch#191010)"
+        )
+    return None
 
 
 def eager_gradient(loss_fn: Callable[[Flow, Any], Tensor], model: Flow, batch: Any) -> Tensor:
