@@ -15,6 +15,9 @@ from pathlib import Path
 
 __all__ = ["fsync_path", "replace_atomically", "save_figure", "write_atomic"]
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process's umask (there is no getter), then restore it
+
 
 def fsync_path(path: Path) -> None:
     """Flush ``path`` (a file, or a folder's entries) from the OS cache to the disk."""
@@ -35,6 +38,7 @@ def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> Pat
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() gives, not mkstemp's 0600
     try:
         write(tmp)
         fsync_path(tmp)

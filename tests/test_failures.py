@@ -61,6 +61,9 @@ def test_atomic_replace_syncs_the_file_before_the_rename_and_the_folder_after(
     assert events[0][1] != str(target) and events[0][1].endswith(".pt")  # the temporary file
     assert events[1][1] == str(target) and events[2][1] == str(tmp_path)
     assert target.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it
 
 
 def test_a_write_killed_midway_leaves_the_old_file_and_no_temporary(tmp_path):
