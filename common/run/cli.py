@@ -19,7 +19,7 @@ from common.data import ChecksumError, DatasetError, DatasetNotFoundError
 from common.flows.bijector import InputOutsideDomainError
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, load_config
-from common.run.loop import CheckpointError, NonFiniteLossError, StoppedAt, train
+from common.run.loop import CheckpointError, NonFiniteLossError, StoppedAt, request_stop, train
 from common.run.objectives import MaximumLikelihood, Objective
 from common.run.summary import RunSummary
 from common.run.tracking import NullTracker, Tracker, TrackingError, default_tracking_uri
@@ -32,10 +32,6 @@ KNOWN_FAILURES = (
 )  # fmt: skip
 
 __all__ = ["run_cli"]
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_cli(
@@ -71,9 +67,9 @@ def run_cli(
              "change is recorded in the run")
     # fmt: on
     args = parser.parse_args(argv)
-    # SIGTERM (what Snakemake, Slurm and `kill` send) unwinds like Ctrl-C: the MLflow run is
-    # marked KILLED instead of being left RUNNING; the last checkpoint is where it resumes.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (what Snakemake, Slurm and `kill` send) ends the current step, then unwinds like
+    # Ctrl-C: the MLflow run is marked KILLED instead of being left RUNNING.
+    previous = signal.signal(signal.SIGTERM, request_stop)
 
     try:
         cfg = load_config(config_cls, args.config, args.overrides)

@@ -58,6 +58,7 @@ __all__ = [
     "StoppedAt",
     "TrainState",
     "lr_factor",
+    "request_stop",
     "resolve_device",
     "train",
 ]
@@ -151,6 +152,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
+def _describe(changes: dict[str, Any]) -> str:
+    """``key: old -> new; …`` for messages, logs and the MLflow tag."""
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,6 +184,17 @@ class Polyak:
     @property
     def model(self) -> Flow:
         return self.averaged.module
+
+
+_stop_signals: list[int] = []  # signals that asked the running loop to stop
+
+
+def request_stop(signum: int, frame: Any = None) -> None:
+    """A signal handler (the command line installs it for SIGTERM): the loop finishes its
+    current step, then unwinds as on Ctrl-C, so the MLflow run is marked KILLED. Raising
+    inside the handler could interrupt a write to the MLflow store halfway and leave it
+    unable to record the run's end."""
+    _stop_signals.append(signum)
 
 
 def _read_run_record(path: Path, tracking_uri: str | None) -> str | None:
@@ -265,7 +282,6 @@ class _Run:
             )
             fixed = [k for k in changes if not k.startswith(CONTINUABLE)]
             if not allow_changes or fixed:
-                listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
                 hint = (
                     f"{', '.join(fixed)} cannot change in a continued run (only "
                     f"{', '.join(CONTINUABLE)} can); use another --workdir."
@@ -274,8 +290,8 @@ class _Run:
                     "these changes (--continue-with-changes), or use another --workdir."
                 )
                 raise ConfigError(
-                    f"{path.parent.parent} holds a checkpoint of a different config ({listed}); "
-                    + hint
+                    f"{path.parent.parent} holds a checkpoint of a different config "
+                    f"({_describe(changes)}); " + hint
                 )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -310,9 +326,7 @@ class _Run:
                 group["lr"].fill_(lr)  # compiled runs read the tensor in place
             else:
                 group["lr"] = lr
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        print(f"continuing at step {step} with changed settings: {shown}")
+        print(f"continuing at step {step} with changed settings: {_describe(changes)}")
 
     def checkpoint(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.wall_start
@@ -352,11 +366,10 @@ class _Run:
         params = flatten(cfg.model_dump(mode="json"))
         name = f"{cfg.experiment}/seed{cfg.seed}"
         run_id = self.tracker.start(name, tags, params, self.run_id)
-        for c in self.state.continuations:  # MLflow params are immutable: changes are tags
-            changed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in c["changes"].items())
-            self.tracker.set_tags({f"continued_at_step_{c['step']}": changed})
-        if self.continued_at is not None:  # in this call: what follows is not a replay
-            self.tracker.log_all_after(self.continued_at)
+        if self.continued_at is not None:  # in this call
+            changes = self.state.continuations[-1]["changes"]  # MLflow params are immutable
+            self.tracker.set_tags({f"continued_at_step_{self.continued_at}": _describe(changes)})
+            self.tracker.log_all_after(self.continued_at)  # what follows is not a replay
         if run_id is not None and run_id != self.run_id:  # a new run
             record_text = {"run_id": run_id, "tracking_uri": self.tracker.tracking_uri}
             write_atomic(record, json.dumps(record_text, indent=2) + "\n")
@@ -510,6 +523,7 @@ def train(
     preemptible jobs; run the same call again to resume).
     """
     workdir = Path(workdir)
+    _stop_signals.clear()
     if continue_with_changes and not (workdir / "checkpoints" / "last.pt").exists():
         raise ConfigError(f"nothing to continue: {workdir} has no checkpoints/last.pt")
     if workdir.exists() and not workdir.is_dir():
@@ -529,6 +543,8 @@ def train(
         if tc.max_steps == 0 and not state.history:  # fitted in closed form: validate as built
             run.validate()
         while state.step < tc.max_steps and not state.stopped_early:
+            if _stop_signals:
+                raise KeyboardInterrupt(f"signal {_stop_signals[0]} at step {state.step}")
             loss, grad_norm = run.step()
             steps_this_call += 1
             bar.update(1)

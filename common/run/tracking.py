@@ -44,10 +44,16 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(REPO_ROOT / "runs" / "mlflow.db")
 
 
-def _artifact_root(tracking_uri: str) -> str:
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI; None for any other store."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return ""  # a tracking server chooses its own
+        return Path(tracking_uri.removeprefix("sqlite:///"))
+    return None
+
+
+def _artifact_root(tracking_uri: str) -> str:
+    db = _sqlite_path(tracking_uri)
+    return (db.parent / "mlartifacts").as_uri() if db else ""  # a server chooses its own
 
 
 # Tracked files the pipeline itself regenerates: changing them does not change the code a run
@@ -76,14 +82,6 @@ def git_state(cwd: Path = REPO_ROOT) -> tuple[str, bool]:
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be opened or written (a bad URI, an unwritable folder)."""
-
-
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    return (
-        Path(tracking_uri.removeprefix("sqlite:///"))
-        if tracking_uri.startswith("sqlite:///")
-        else None
-    )
 
 
 def _client(tracking_uri: str):
