@@ -32,6 +32,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits.npz", 17, False, (1, 8, 8)),
     "mnist": DatasetInfo("mnist.npz", 256, True, (1, 28, 28)),
     "cifar10": DatasetInfo("cifar10.npz", 256, True, (3, 32, 32)),
+    # 8×8 grey patches of scikit-learn's two sample photographs in the BSDS300 protocol of the
+    # MAF papers (common.data.patches): not BSDS300
+    "photo_patches": DatasetInfo("photo_patches.npz", None, False, (63,)),
     **{name: DatasetInfo(f"toy/{name}.npz", None, False, (2,)) for name in TOY_NAMES},
 }
 

@@ -27,7 +27,7 @@ def test_offline_build_is_byte_identical(data_root, tmp_path):
     first = {p.relative_to(data_root): file_md5(p) for p in data_root.rglob("*.npz")}
     build_offline(tmp_path)
     second = {p.relative_to(tmp_path): file_md5(p) for p in tmp_path.rglob("*.npz")}
-    assert first == second and len(first) == 1 + len(TOY_DATASETS)
+    assert first == second and len(first) == 2 + len(TOY_DATASETS)  # digits, photo patches
 
 
 def test_digits_splits(data_root):
@@ -58,7 +58,8 @@ def test_registry_and_generators_agree():
     from common.data_registry import DATASETS, TOY_NAMES
 
     assert tuple(TOY_DATASETS) == TOY_NAMES
-    assert {n for n, info in DATASETS.items() if info.num_levels is None} == set(TOY_NAMES)
+    continuous = {n for n, info in DATASETS.items() if info.num_levels is None}
+    assert continuous == {*TOY_NAMES, "photo_patches"}
 
 
 def test_unknown_toy_and_missing_dataset(tmp_path):

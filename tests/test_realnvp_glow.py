@@ -231,7 +231,7 @@ def test_whole_model_float32_round_trip_on_real_digits(name, data_root):
 
 
 def test_realnvp_on_vectors_passes_and_trains(data_root):
-    from papers.realnvp.model import RealNVPMLPModel, build_realnvp_mlp
+    from common.run.vector_models import RealNVPMLPModel, build_realnvp_mlp
 
     data = load_dataset("moons", data_root)
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
-"""Datasets: what is offline (scikit-learn digits, FFJORD's 2-D toys) and what is downloaded
-(MNIST, CIFAR-10), behind one ``load_dataset(name, root)``.
+"""Datasets: what is offline (scikit-learn digits, FFJORD's 2-D toys, patches of scikit-learn's
+sample photographs) and what is downloaded (MNIST, CIFAR-10), behind one
+``load_dataset(name, root)``.
 
 Every dataset is stored under ``data/`` as a few deterministic ``.npz`` files (tracked by the
 top-level ``data.dvc``) with ``x_train``, ``x_val`` and ``x_test`` arrays. Images are uint8
@@ -19,6 +20,7 @@ from common.data.cifar10 import prepare_cifar10
 from common.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
 from common.data.mnist import prepare_mnist
 from common.data.npz import file_md5, save_npz
+from common.data.patches import build_photo_patches
 from common.data.toy import TOY_DATASETS, make_toy_splits
 from common.data.validate import read_dataset_file, validate_splits
 from common.data_registry import DATASETS, dataset_path
@@ -82,7 +84,7 @@ def build_digits(root: str | Path, n_val: int = 180, n_test: int = 180) -> Path:
 
 def build_offline(root: str | Path) -> list[Path]:
     """Build every offline dataset under ``root``; byte-identical on every run."""
-    paths = [build_digits(root)]
+    paths = [build_digits(root), build_photo_patches(root)]
     for name in TOY_DATASETS:
         paths.append(save_npz(dataset_path(name, root), **make_toy_splits(name)))
     return paths

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from common.flows.bijector import (
     Bijector,
+    Compose,
     InputOutsideDomainError,
     per_channel,
     sum_except_batch,
@@ -32,6 +33,7 @@ __all__ = [
     "InvertibleConv1x1",
     "Split",
     "Squeeze",
+    "set_batch_norm_statistics",
 ]
 
 
@@ -216,6 +218,39 @@ class BatchNorm(Bijector):
         x_hat = (z - per_channel(self.beta, z)) * per_channel(-self.log_gamma, z).exp()
         x = x_hat * per_channel(torch.sqrt(var + self.eps), z) + per_channel(mean, z)
         return x, -self._ldj(var, z)
+
+
+@torch.no_grad()
+def set_batch_norm_statistics(transform: Bijector, y: Tensor, batch_size: int = 4096) -> int:
+    """Set the running statistics of every :class:`BatchNorm` in ``transform`` to the mean and
+    (biased) variance of its inputs over all of ``y`` ``(N, ...)``, in the order the layers
+    apply, each computed with the ones before it already set: MAF's test-time batch norm
+    ("the statistics of the whole training set", as the authors' code does after training).
+    Runs in eval mode in chunks of ``batch_size``; nested :class:`Compose` are walked, and a
+    batch norm inside any other container is an error. Returns the number of layers set."""
+    was_training = transform.training
+    transform.eval()
+    try:
+        return _set_statistics(transform, y.split(batch_size))[1]
+    finally:
+        transform.train(was_training)
+
+
+def _set_statistics(layer: Bijector, chunks: tuple[Tensor, ...]) -> tuple[tuple, int]:
+    if isinstance(layer, Compose):
+        count = 0
+        for inner in layer.layers:
+            chunks, n = _set_statistics(inner, chunks)
+            count += n
+        return chunks, count
+    if isinstance(layer, BatchNorm):
+        dims = [0, *range(2, chunks[0].ndim)]
+        y = torch.cat(chunks).double()  # the exact moments of the whole set
+        layer.running_mean.copy_(y.mean(dim=dims))
+        layer.running_var.copy_(y.var(dim=dims, unbiased=False))
+    elif any(isinstance(m, BatchNorm) for m in layer.modules()):
+        raise ValueError(f"a BatchNorm inside {type(layer).__name__}: only Compose is walked")
+    return tuple(layer(c)[0] for c in chunks), int(isinstance(layer, BatchNorm))
 
 
 class Split(Bijector):

@@ -18,7 +18,7 @@ from typing import Any
 from common.data import ChecksumError, DatasetError, DatasetNotFoundError
 from common.flows.bijector import InputOutsideDomainError
 from common.flows.flow import Flow
-from common.run.config import ConfigError, RunBase, load_config
+from common.run.config import ConfigByModel, ConfigError, RunBase, load_config
 from common.run.loop import CheckpointError, NonFiniteLossError, StoppedAt, request_stop, train
 from common.run.objectives import MaximumLikelihood, Objective
 from common.run.summary import RunSummary
@@ -35,15 +35,15 @@ __all__ = ["run_cli"]
 
 
 def run_cli(
-    config_cls: type[RunBase],
+    config_cls: type[RunBase] | ConfigByModel,
     build_model: Callable[[Any, Any], Flow],
     argv: list[str] | None = None,
     paper: str = "<paper>",
     objective: Callable[[Any, Callable], Objective] = MaximumLikelihood,
 ) -> RunSummary | StoppedAt:
     """Parse ``argv``, load and validate the config, and train ``objective(cfg, build_model)``
-    (a class such as :class:`~common.run.objectives.MaximumLikelihood`, or a
-    ``functools.partial`` of one)."""
+    (a class such as :class:`~common.run.objectives.MaximumLikelihood`, a
+    ``functools.partial`` of one, or a function choosing one by the config)."""
     parser = argparse.ArgumentParser(
         prog=f"python -m papers.{paper}.train",
         description=f"Train and evaluate one {paper} experiment.",

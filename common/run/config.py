@@ -23,6 +23,7 @@ from common.files import write_atomic
 
 __all__ = [
     "BATCH_NORM_MIN_BATCH",
+    "ConfigByModel",
     "ConfigError",
     "DataConfig",
     "DiagonalGaussianModel",
@@ -34,6 +35,8 @@ __all__ = [
     "StrictModel",
     "TrainBase",
     "TrainConfig",
+    "VAERunConfig",
+    "VAETrainConfig",
     "VariationalRunConfig",
     "apply_overrides",
     "flatten",
@@ -125,6 +128,11 @@ class TrainConfig(TrainBase):
         0, ge=0, description="random translations of training images by up to this many "
         "pixels, edges repeated (the Glow authors' CIFAR-10 augmentation)",
     )  # fmt: skip
+    batch_norm_stats: Literal["running", "training_set"] = Field(
+        "running", description="the statistics batch-norm layers use at test time: their "
+        "running averages, or the mean and variance over the whole training set, set before "
+        "the test (the MAF authors' protocol); validation uses the running averages",
+    )  # fmt: skip
 
 
 class DiagonalGaussianModel(StrictModel):
@@ -190,6 +198,41 @@ class RunConfig(RunBase):
                 f"{BATCH_NORM_MIN_BATCH}, or model.batch_norm: false"
             )
         return self
+
+
+class VAETrainConfig(TrainBase):
+    """Variational-autoencoder training by the ELBO on dynamically binarised images
+    (:class:`~common.run.objectives.VariationalAutoencoder`): the best-validation model (by
+    the ELBO) is tested by importance sampling."""
+
+    eval_batch_size: int = Field(500, gt=0)
+    eval_samples: int = Field(
+        128, gt=0, description="posterior samples per example for the validation and test "
+        "ELBO and the importance-sampled log p(x) (IAF, Sec. 5.1: at least 128)",
+    )  # fmt: skip
+    num_samples: int = Field(64, ge=0, description="prior samples drawn for the figure")
+
+
+class VAERunConfig(RunBase):
+    """A variational autoencoder trained on a dataset; ``model`` is narrowed by the paper."""
+
+    data: DataConfig
+    train: VAETrainConfig
+    model: Any
+
+
+class ConfigByModel:
+    """The config classes of a paper whose experiments are of several kinds (MAF's flows,
+    trained by maximum likelihood, and IAF's VAEs, by the ELBO): :func:`load_config` picks
+    the class by the experiment's ``model.name``, ``default`` for every other name."""
+
+    def __init__(self, default: type[StrictModel], **by_model: type[StrictModel]) -> None:
+        self.default, self.by_model = default, by_model
+
+    def select(self, raw: dict[str, Any]) -> type[StrictModel]:
+        model = raw.get("model")
+        name = model.get("name") if isinstance(model, dict) else None
+        return self.by_model.get(name, self.default)
 
 
 class KLTrainConfig(TrainBase):
@@ -309,8 +352,9 @@ def validate_config(cls: type[C], raw: dict[str, Any], source: str = "") -> C:
         raise ConfigError(_format_errors(cls, exc, source)) from None
 
 
-def load_config(cls: type[C], path: str | Path, overrides: list[str] = ()) -> C:
-    """Read ``path`` (YAML), apply ``overrides``, validate against ``cls``."""
+def load_config(cls: type[C] | ConfigByModel, path: str | Path, overrides: list[str] = ()) -> C:
+    """Read ``path`` (YAML), apply ``overrides``, validate against ``cls`` (or the class a
+    :class:`ConfigByModel` picks for it)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -320,7 +364,10 @@ def load_config(cls: type[C], path: str | Path, overrides: list[str] = ()) -> C:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
-    return validate_config(cls, apply_overrides(raw, list(overrides)), str(path))
+    raw = apply_overrides(raw, list(overrides))
+    if isinstance(cls, ConfigByModel):
+        cls = cls.select(raw)
+    return validate_config(cls, raw, str(path))
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> Path:

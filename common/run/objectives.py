@@ -15,8 +15,9 @@ objective says what is specific to its problem:
   better), or is None when the final model is tested;
 - :meth:`~Objective.figures`: what a person looks at afterwards.
 
-Objectives here: :class:`MaximumLikelihood` on data (NICE, RealNVP, Glow) and
-:class:`ReverseKL` to an unnormalised density (Tori & Spheres; any :class:`Target`).
+Objectives here: :class:`MaximumLikelihood` on data (NICE, RealNVP, Glow, MAF),
+:class:`VariationalAutoencoder` by the ELBO (IAF's VAEs) and :class:`ReverseKL` to an
+unnormalised density (Tori & Spheres; any :class:`Target`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor
 from common.data import Dataset, load_dataset
 from common.flows.dequantize import bits_per_dim
 from common.flows.flow import Flow
+from common.flows.image import BatchNorm, set_batch_norm_statistics
 from common.run.config import ConfigError, RunConfig, VariationalRunConfig
 from common.run.plotting import (
     save_curves,
@@ -49,6 +51,7 @@ __all__ = [
     "MaximumLikelihood",
     "Objective",
     "ReverseKL",
+    "VariationalAutoencoder",
     "batch_indices",
     "eval_rng",
     "evaluate_nll",
@@ -193,7 +196,13 @@ class MaximumLikelihood(Objective):
                 raise ConfigError(f"train.{key} needs image data; {cfg.data.name!r} is not")
         self.dataset, self.data_md5 = cfg.data.name, data.md5
         self.batch_size = min(cfg.train.batch_size, len(data.x_train))
-        return self.build_model(cfg.model, data)
+        model = self.build_model(cfg.model, data)
+        if cfg.train.batch_norm_stats == "training_set" and not any(
+            isinstance(m, BatchNorm) for m in model.modules()
+        ):
+            raise ConfigError("train.batch_norm_stats: 'training_set' needs a model with batch "
+                              "norm layers; this one has none")  # fmt: skip
+        return model
 
     def batch(self, model: Flow, step: int) -> tuple[Tensor, Tensor]:
         x_train = self.data.x_train
@@ -218,8 +227,15 @@ class MaximumLikelihood(Objective):
         return evaluate_nll(model, self.data.x_val, self.cfg.train.eval_batch_size, self.device)
 
     def test(self, model: Flow) -> dict[str, float]:
-        """Test metrics of ``model`` (the best-validation one), and its validation metrics."""
+        """Test metrics of ``model`` (the best-validation one), and its validation metrics,
+        with its batch norms' statistics first set from the training set if
+        ``train.batch_norm_stats`` says so."""
         size = self.cfg.train.eval_batch_size
+        if self.cfg.train.batch_norm_stats == "training_set":
+            with eval_rng(self.device):
+                y = torch.cat([model.dequantize(c.to(self.device))[0]
+                               for c in self.data.x_train.split(size)])  # fmt: skip
+            set_batch_norm_statistics(model.transform, y, size)
         test = evaluate_nll(model, self.data.x_test, size, self.device)
         val = evaluate_nll(model, self.data.x_val, size, self.device)
         return {f"test/{k}": v for k, v in test.items()} | {
@@ -240,6 +256,88 @@ class MaximumLikelihood(Objective):
         elif data.num_dims == 2:
             with eval_rng(self.device):  # data, model density and model samples, side by side
                 path = save_density_2d(model, data.x_test, fig_dir / "samples.png", title)
+            records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
+                                        temperature=1.0))  # fmt: skip
+        return records
+
+
+# --- variational autoencoder ----------------------------------------------------------------
+
+
+class VariationalAutoencoder(Objective):
+    """A VAE (:class:`common.flows.vae.VAE`) on dynamically binarised images: each step draws
+    a fresh binarisation of the batch (pixel on with probability level/(n − 1), as for the
+    dynamically binarised MNIST of the IAF paper) and one posterior sample per example;
+    loss = −ELBO in nats per example. Validation and test binarise once, from the evaluation
+    seed, and use ``train.eval_samples`` (K) posterior samples per example: the ELBO is
+    their mean log-weight, log p(x) their importance-sampled estimate
+    log (1/K) Σ_k w_k (``nll`` = −log p(x)). The best-validation model by the ELBO is tested."""
+
+    curve = ("train/neg_elbo", "val/neg_elbo")
+    curve_label = "−ELBO (nats / example)"
+    select_on = "neg_elbo"
+
+    def build(self, device: torch.device):
+        cfg, self.device = self.cfg, device
+        self.data = data = load_dataset(cfg.data.name, cfg.data.root)
+        if not data.num_levels:
+            raise ConfigError(f"a VAE on binarised data needs discrete images; "
+                              f"{cfg.data.name!r} is continuous")  # fmt: skip
+        self.dataset, self.data_md5 = f"{cfg.data.name}_binarized", data.md5
+        self.batch_size = min(cfg.train.batch_size, len(data.x_train))
+        model = self.build_model(cfg.model, data)
+        self.latent_features = model.latent_features
+        return model
+
+    def _binarize(self, x: Tensor) -> Tensor:
+        probs = x.to(self.device).flatten(1).float() / (self.data.num_levels - 1)
+        return torch.bernoulli(probs)
+
+    def batch(self, model, step: int) -> tuple[Tensor, Tensor]:
+        x_train = self.data.x_train
+        x = self._binarize(x_train[batch_indices(len(x_train), self.batch_size, self.cfg.seed,
+                                                 step)])  # fmt: skip
+        return x, torch.randn(1, len(x), self.latent_features, device=self.device)
+
+    def loss(self, model, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, eps = batch
+        return -model.log_weights(x, eps).mean()
+
+    def train_metrics(self, loss: Tensor) -> dict[str, float]:
+        return {"train/neg_elbo": loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model, x: Tensor) -> dict[str, float]:
+        """ELBO and importance-sampled log p(x) (nats per example) of ``x``, binarised once."""
+        K, elbo, log_px = self.cfg.train.eval_samples, 0.0, 0.0
+        with eval_rng(self.device):
+            for chunk in x.split(self.cfg.train.eval_batch_size):
+                xb = self._binarize(chunk)
+                log_w = model.log_weights(
+                    xb, torch.randn(K, len(xb), self.latent_features, device=self.device)
+                )
+                elbo += log_w.mean(0).sum().item()
+                log_px += (torch.logsumexp(log_w, 0) - math.log(K)).sum().item()
+        n = len(x)
+        return {"elbo": elbo / n, "neg_elbo": -elbo / n, "log_px": log_px / n, "nll": -log_px / n}
+
+    def validate(self, model) -> dict[str, float]:
+        return self.evaluate(model, self.data.x_val)
+
+    def test(self, model) -> dict[str, float]:
+        test, val = self.evaluate(model, self.data.x_test), self.evaluate(model, self.data.x_val)
+        return {f"test/{k}": v for k, v in test.items()} | {
+            f"best_val/{k}": v for k, v in val.items()
+        }
+
+    def figures(self, model, history, test, fig_dir, title) -> list[FigureRecord]:
+        records = [self._curves(history, fig_dir, title)]
+        if self.cfg.train.num_samples:
+            with eval_rng(self.device):
+                means = model.sample(self.cfg.train.num_samples)
+            images = means.reshape(-1, *self.data.event_shape)
+            path = save_image_grid(images, 2, fig_dir / "samples.png",
+                                   f"{title} · E[x | z], z ~ p(z)")  # fmt: skip
             records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
                                         temperature=1.0))  # fmt: skip
         return records

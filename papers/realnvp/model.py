@@ -14,7 +14,8 @@ y = logit(α + (1 − 2α)·x) with α = 0.05 (the authors' code; the paper's te
 α + (1 − α)x), and that map's log-det is part of the likelihood, hence of bits/dim.
 
 On vectors (the 2-D toys) the same affine coupling runs on alternating halves of the
-coordinates with MLP s/t networks (``RealNVPMLPModel``).
+coordinates with MLP s/t networks (``RealNVPMLPModel``, in ``common.run.vector_models``: MAF
+runs it too, as its Table 1 baseline).
 
 Everything used here lives in ``common/``; this file only assembles the architecture.
 """
@@ -27,18 +28,19 @@ from pydantic import Field
 
 from common.data import Dataset
 from common.flows.bijector import Bijector, Compose
-from common.flows.coupling import Coupling, ImageCoupling, alternating_mask
+from common.flows.coupling import ImageCoupling
 from common.flows.dequantize import Logit, UniformDequantization
 from common.flows.distributions import StandardNormal
-from common.flows.elementwise import Affine, LearnedBoundAffine
+from common.flows.elementwise import LearnedBoundAffine
 from common.flows.flow import Flow
 from common.flows.image import BatchNorm, Split, Squeeze
 from common.flows.layers import Reshape
-from common.flows.nets import MLP, ResNetConditioner
+from common.flows.nets import ResNetConditioner
 from common.run.baselines import with_baseline
 from common.run.config import ConfigError, StrictModel
+from common.run.vector_models import RealNVPMLPModel, build_realnvp_mlp
 
-__all__ = ["RealNVPMLPModel", "RealNVPModel", "build_model", "build_realnvp", "build_realnvp_mlp"]
+__all__ = ["RealNVPModel", "build_model", "build_realnvp"]
 
 
 class RealNVPModel(StrictModel):
@@ -57,18 +59,6 @@ class RealNVPModel(StrictModel):
     scale_l2: float = Field(5e-5, ge=0, description="L2 on the weight-norm scales (Sec. 4.1)")
     logit_alpha: float = Field(0.05, gt=0, lt=0.5, description="logit(α + (1 − 2α)x); α > 0: "
                                "a dequantized float32 pixel can round to exactly 1")  # fmt: skip
-
-
-class RealNVPMLPModel(StrictModel):
-    """RealNVP on vectors (the 2-D toys; the form MAF's tabular baselines use): affine
-    couplings z₂ = x₂·exp(s) + t on alternating halves of the coordinates, s and t from one
-    MLP of the other half, batch norm (as a bijector) after every coupling."""
-
-    name: Literal["realnvp_mlp"] = "realnvp_mlp"
-    num_couplings: int = Field(8, ge=2, description="affine couplings (masks alternate)")
-    hidden_features: int = Field(64, gt=0, description="width of each s/t MLP layer")
-    num_hidden: int = Field(2, ge=1, description="hidden layers per s/t MLP")
-    batch_norm: bool = Field(True, description="BatchNorm bijector after each coupling")
 
 
 def _coupling(
@@ -116,22 +106,6 @@ def build_realnvp(cfg: RealNVPModel, data: Dataset) -> Flow:
                           f"{factor}; {data.name} is {H}×{W}")  # fmt: skip
     transform = Compose(Logit(cfg.logit_alpha), _scale((C, H, W), 0, cfg))
     return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
-
-
-def build_realnvp_mlp(cfg: RealNVPMLPModel, data: Dataset) -> Flow:
-    if data.is_image or data.num_levels:
-        raise ConfigError(f"realnvp_mlp is the model for continuous vectors, not {data.name!r}")
-    d = data.num_dims
-
-    def mlp(n_in: int, n_out: int) -> MLP:
-        return MLP(n_in, n_out, cfg.hidden_features, cfg.num_hidden, zero_init=True)
-
-    layers: list[Bijector] = []
-    for k in range(cfg.num_couplings):
-        layers.append(Coupling(alternating_mask(d, parity=k % 2), Affine, mlp))
-        if cfg.batch_norm:
-            layers.append(BatchNorm(d))
-    return Flow(Compose(*layers), StandardNormal(d))
 
 
 def _build(cfg: RealNVPModel | RealNVPMLPModel, data: Dataset) -> Flow:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from common.run.cli import run_cli
 from common.run.config import DiagonalGaussianModel, RunConfig, model_union
-from papers.realnvp.model import RealNVPMLPModel, RealNVPModel, build_model
+from common.run.vector_models import RealNVPMLPModel
+from papers.realnvp.model import RealNVPModel, build_model
 
 
 class RealNVPConfig(RunConfig):

@@ -8,7 +8,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from common.files import write_atomic
-from common.run.reports.compare import LEVEL, claim_verdict, goal_verdict, verdict_vs_baseline
+from common.run.reports.compare import (
+    LEVEL,
+    ablation_verdict,
+    claim_verdict,
+    goal_verdict,
+    verdict_vs_baseline,
+)
 from common.run.reports.figures import curves_figure, density_figure, sample_figures
 from common.run.reports.meta import load_paper_meta
 from common.run.reports.runs import Group, fmt, load_groups, table
@@ -79,7 +85,8 @@ def _nll_section(by_dataset: dict[str, list[Group]], profile: str, baseline: str
 def _metric_section(spec: dict, by_dataset: dict[str, list[Group]], profile: str) -> list[str]:
     """The ``report`` block of paper.yaml: its metric columns and, with a ``goal``, a verdict
     per experiment and, per dataset, whether the best experiment meets it."""
-    lines = ["", f"## Our experiments (scale: `{profile}`)", "", spec["intro"], ""]
+    title = spec.get("title", "Our experiments")
+    lines = ["", f"## {title} (scale: `{profile}`)", "", spec["intro"], ""]
     goal = spec.get("goal")
     header = [
         "dataset",
@@ -129,6 +136,36 @@ def _goal_line(dataset: str, gs: list[Group], goal: dict) -> list[str]:
         f"- {dataset}: the lowest mean, `{low.experiment}` ({iv.mean if iv else seeds[0]:.4f}; "
         f"{ci}, n={len(seeds)}), {met} {goal['label']}."
     ]
+
+
+def ordering_section(ordering: dict, groups: dict[str, Group]) -> list[str]:
+    """An ordering the paper claims (paper.yaml ``orderings``): the experiments' metric in the
+    paper's order and the verdict of :func:`ablation_verdict` (every pair tested, Holm)."""
+    names, metric = ordering["experiments"], ordering["metric"]
+    rows = [
+        [str(rank), f"`{e}`", fmt(groups[e].stat(metric)) if e in groups else "not run"]
+        for rank, e in enumerate(names, 1)
+    ]
+    lines = [
+        "",
+        f"## Ordering: {ordering['title']}",
+        "",
+        f"**The paper:** {ordering['paper_says']}",
+        "",
+        *table(["paper's rank", "experiment", f"{metric} (mean ± std)"], rows),
+        "",
+        f"**Verdict at this scale** (every pair tested with Welch's t on the seeds' {metric}, "
+        "p-values Holm-corrected over the pairs; significant at 5 %):",
+        "",
+    ]
+    if missing := [e for e in names if e not in groups]:
+        shown = ", ".join(f"`{e}`" for e in missing)
+        return [
+            *lines,
+            f"- not every experiment ran at this profile (missing: {shown}): no verdict.",
+            "",
+        ]
+    return [*lines, *ablation_verdict(ordering["title"], [groups[e] for e in names], metric), ""]
 
 
 def _claim_row(claim: dict, groups: dict[str, Group], paper: str, profile: str) -> list[str]:
@@ -245,10 +282,16 @@ def generate_report(
     for g in groups.values():
         by_dataset[g.dataset].append(g)
     spec = meta.get("report")
+    covered = set(spec.get("datasets", by_dataset)) if spec else set()
+    nll_datasets = {d: gs for d, gs in by_dataset.items() if d not in covered}
+    if nll_datasets:
+        lines += _nll_section(nll_datasets, profile, baseline)
     if spec:  # the paper's own metrics (e.g. KL and ESS of variational fits)
-        lines += _metric_section(spec, by_dataset, profile)
-    else:
-        lines += _nll_section(by_dataset, profile, baseline)
+        lines += _metric_section(
+            spec, {d: gs for d, gs in by_dataset.items() if d in covered}, profile
+        )
+    for ordering in meta.get("orderings", []):
+        lines += ordering_section(ordering, groups)
     if "ablation" in meta:  # its own target and report: more seeds, run to convergence
         lines += [
             "",
@@ -261,8 +304,8 @@ def generate_report(
         ]
 
     lines += ["", "## Figures", ""]
-    curve_args = (spec["curve_metric"], spec["curve_label"]) if spec else ()
     for dataset, gs in sorted(by_dataset.items()):
+        curve_args = (spec["curve_metric"], spec["curve_label"]) if dataset in covered else ()
         curves = curves_figure(client, gs, dataset, fig_dir / f"{dataset}_curves.png", *curve_args)
         lines += [f"### {dataset}", "", f"![validation curves]({rel / curves.name})", ""]
         for g in gs:
