@@ -10,7 +10,13 @@ import torch
 
 from common.data import load_dataset
 from common.data.patches import BLOCK, PATCHES_PER_BLOCK, patch_levels, patches_from_photos
-from common.flows.autoregressive import InverseAutoregressive, MADEMoG, MaskedAutoregressive
+from common.flows.autoregressive import (
+    GatedAffine,
+    InverseAutoregressive,
+    MADEMoG,
+    MaskedAutoregressive,
+)
+from common.flows.bijector import Compose
 from common.flows.image import BatchNorm
 from common.flows.nets import MLP
 from common.flows.testing import perturb_parameters
@@ -102,6 +108,9 @@ def test_one_config_class_per_kind_of_experiment(tmp_path):
         load_config(CONFIG, path, ["model.depht=3"])
     with pytest.raises(ConfigError, match="hflip"):  # a flow's training key, not a VAE's
         load_config(CONFIG, path, ["train.hflip=true"])
+    # a misspelt model is named with the models of both kinds, not as the flows' stray keys
+    with pytest.raises(ConfigError, match=r"unknown model 'vea'; allowed: .*maf.*vae$"):
+        load_config(CONFIG, path, ["model.name=vea"])
     path.write_text(path.read_text().replace("{name: vae, depth: 2}", "{name: maf}"))
     assert isinstance(load_config(CONFIG, path), MAFConfig)
 
@@ -115,9 +124,6 @@ def _tiny_vae(depth: int) -> VAE:
     L, C = 2, 3
     encoder = MLP(4, 2 * L + (C if depth else 0), 8, 1, "tanh")
     decoder = MLP(L, 4, 8, 1, "tanh")
-    from common.flows.autoregressive import GatedAffine
-    from common.flows.bijector import Compose
-
     steps = [InverseAutoregressive(L, GatedAffine, 8, context_features=C,
                                    order=torch.arange(L).flip(0) if k % 2 else None)
              for k in range(depth)]  # fmt: skip
@@ -141,12 +147,13 @@ def _exact_log_px(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("depth", [0])
-def test_importance_sampling_recovers_the_exact_likelihood(depth):
+def test_importance_sampling_recovers_the_exact_likelihood():
     """mean_k w_k is an unbiased estimate of p(x) whatever q is, provided log q(z|x) is the
-    density of the z it draws: a wrong sign or a missing term of the IAF log-det biases it.
-    Against p(x) by quadrature, within 4 standard errors; the ELBO stays below log p(x)."""
-    vae = _tiny_vae(depth)
+    density of the z it draws (a wrong term of log q biases it). Against p(x) by quadrature,
+    within 4 standard errors; the ELBO stays below log p(x). With the diagonal posterior: an
+    IAF posterior's heavier-tailed weights make the standard error unreliable, so its log q
+    is checked by normalisation instead (next test)."""
+    vae = _tiny_vae(0)
     x = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
     with torch.no_grad():
         exact = _exact_log_px(vae, x)
@@ -224,12 +231,12 @@ def test_vae_run_trains_and_tests(data_root, tmp_path):
                     progress=False)  # fmt: skip
     m = summary.metrics
     assert m["test/log_px"] >= m["test/elbo"] and m["test/nll"] == -m["test/log_px"]
-    history = [h["val/neg_elbo"] for h in summary_history(tmp_path / "run")]
+    history = [h["val/neg_elbo"] for h in _val_history(tmp_path / "run")]
     assert history[-1] < history[0], "the ELBO must improve"
     assert {f.kind for f in summary.figures} == {"curves", "samples"}
 
 
-def summary_history(workdir):
+def _val_history(workdir):
     ckpt = torch.load(workdir / "checkpoints" / "last.pt", weights_only=True)
     return [h for h in ckpt["state"]["history"] if "val/neg_elbo" in h]
 

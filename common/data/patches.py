@@ -13,6 +13,10 @@ blocks to training, 10 % to validation and 10 % to testing. Every patch lies ins
 so no pixel appears in two splits; the held-out blocks are spread over the whole photograph,
 so each split sees every kind of content. Each block gives ``PATCHES_PER_BLOCK`` patches at
 distinct positions (of the 25 × 25 a block has), drawn with a fixed seed.
+
+The file is byte-identical on every build with the same JPEG decoder: scikit-learn decodes the
+photographs with Pillow, and another libjpeg may round some pixels differently (then the file,
+and the hash ``data.dvc`` records, change).
 """
 
 from __future__ import annotations

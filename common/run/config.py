@@ -230,9 +230,27 @@ class ConfigByModel:
         self.default, self.by_model = default, by_model
 
     def select(self, raw: dict[str, Any]) -> type[StrictModel]:
+        """The class for ``raw``; a ``model.name`` no class knows is named with every allowed
+        one (the default class alone would list only its own and flag every other key)."""
         model = raw.get("model")
         name = model.get("name") if isinstance(model, dict) else None
-        return self.by_model.get(name, self.default)
+        if name in self.by_model:
+            return self.by_model[name]
+        known = _model_names(self.default)
+        if isinstance(name, str) and known and name not in known:
+            allowed = ", ".join(sorted([*known, *self.by_model]))
+            raise ConfigError(f"model.name: unknown model {name!r}; allowed: {allowed}")
+        return self.default
+
+
+def _model_names(cls: type[StrictModel]) -> list[str]:
+    """The ``name`` literals of the model configs ``cls.model`` accepts (a tagged union)."""
+    annotation, names = cls.model_fields["model"].annotation, []
+    for member in typing.get_args(annotation) or (annotation,):
+        field = getattr(member, "model_fields", {}).get("name")
+        if field is not None:
+            names += typing.get_args(field.annotation)
+    return names
 
 
 class KLTrainConfig(TrainBase):

@@ -336,6 +336,7 @@ class VariationalAutoencoder(Objective):
             with eval_rng(self.device):
                 means = model.sample(self.cfg.train.num_samples)
             images = means.reshape(-1, *self.data.event_shape)
+            # probabilities in [0, 1] drawn as grey values: the scale of 2-level images
             path = save_image_grid(images, 2, fig_dir / "samples.png",
                                    f"{title} · E[x | z], z ~ p(z)")  # fmt: skip
             records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",

@@ -41,8 +41,8 @@ def _nll_section(by_dataset: dict[str, list[Group]], profile: str, baseline: str
         f"## Our experiments (scale: `{profile}`)",
         "",
         "Test metrics of the best-validation checkpoint; NLL in nats per example of the data "
-        "as stored (discrete levels for images, dequantization included; raw values for 2-D "
-        "sets), bpd = NLL / (D ln 2). "
+        "as stored (discrete levels for images, dequantization included; raw values for "
+        "continuous data: 2-D sets, patches), bpd = NLL / (D ln 2). "
         f"Baseline: `{baseline}`, an independent Gaussian per dimension. The last column "
         f"tests each flow against it over seeds (Welch's t, two-sided, {LEVEL} interval of "
         "the gain in nats/example).",
