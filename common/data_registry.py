@@ -35,6 +35,12 @@ DATASETS: dict[str, DatasetInfo] = {
     # 8×8 grey patches of scikit-learn's two sample photographs in the BSDS300 protocol of the
     # MAF papers (common.data.patches): not BSDS300
     "photo_patches": DatasetInfo("photo_patches.npz", None, False, (63,)),
+    # The MAF tabular bundle (common.data.maf_tabular): the authors' preprocessing, float32
+    "power": DatasetInfo("maf/power.npz", None, True, (6,)),
+    "gas": DatasetInfo("maf/gas.npz", None, True, (8,)),
+    "hepmass": DatasetInfo("maf/hepmass.npz", None, True, (21,)),
+    "miniboone": DatasetInfo("maf/miniboone.npz", None, True, (43,)),
+    "bsds300": DatasetInfo("maf/bsds300.npz", None, True, (63,)),
     **{name: DatasetInfo(f"toy/{name}.npz", None, False, (2,)) for name in TOY_NAMES},
 }
 

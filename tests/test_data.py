@@ -55,11 +55,18 @@ def test_toy_generators(name, data_root):
 
 
 def test_registry_and_generators_agree():
+    from common.data.maf_tabular import MAF_TABULAR
     from common.data_registry import DATASETS, TOY_NAMES
 
     assert tuple(TOY_DATASETS) == TOY_NAMES
     continuous = {n for n, info in DATASETS.items() if info.num_levels is None}
-    assert continuous == {*TOY_NAMES, "photo_patches"}
+    assert continuous == {*TOY_NAMES, "photo_patches", *MAF_TABULAR}
+    # every downloaded set has a downloader, every bundle set is registered as a download
+    assert {n for n, info in DATASETS.items() if info.download} == {
+        "mnist",
+        "cifar10",
+        *MAF_TABULAR,
+    }
 
 
 def test_unknown_toy_and_missing_dataset(tmp_path):

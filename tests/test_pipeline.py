@@ -122,8 +122,9 @@ def test_all_papers_smoke_end_to_end(clone):
 
 @pytest.mark.parametrize(
     ("paper", "experiment"),
-    [("nice", "mnist_nice"), ("realnvp", "cifar10_realnvp"), ("glow", "cifar10_glow")],
-)
+    [("nice", "mnist_nice"), ("realnvp", "cifar10_realnvp"), ("glow", "cifar10_glow"),
+     ("maf_iaf", "hepmass_maf_mog5"), ("maf_iaf", "mnist_vae_iaf")],
+)  # fmt: skip
 def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
     result = snakemake(clone, "-n", f"reproduce_{paper}", "--config", "profile=paper")
     out = result.stdout + result.stderr
@@ -131,7 +132,8 @@ def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
     assert f"runs/paper/{paper}/{experiment}/seed0/metrics.json" in out
     job = out[out.index(f"wildcards: profile=paper, paper={paper}, experiment={experiment}") :]
     assert "gpu=1" in job.split("Shell command")[0]
-    assert "--datasets cifar10 mnist" in out  # the data rule downloads what the profile needs
+    # the data rule downloads what the profile needs, the MAF tabular bundle's sets included
+    assert "--datasets bsds300 cifar10 gas hepmass miniboone mnist power" in out
 
 
 def test_tori_spheres_paper_profile_is_the_cpu_protocol_without_a_gpu(clone):

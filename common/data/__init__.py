@@ -1,5 +1,5 @@
 """Datasets: what is offline (scikit-learn digits, FFJORD's 2-D toys, patches of scikit-learn's
-sample photographs) and what is downloaded (MNIST, CIFAR-10), behind one
+sample photographs) and what is downloaded (MNIST, CIFAR-10, the MAF tabular bundle), behind one
 ``load_dataset(name, root)``.
 
 Every dataset is stored under ``data/`` as a few deterministic ``.npz`` files (tracked by the
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from common.data.cifar10 import prepare_cifar10
 from common.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
+from common.data.maf_tabular import MAF_TABULAR, prepare_maf_tabular
 from common.data.mnist import prepare_mnist
 from common.data.npz import file_md5, save_npz
 from common.data.patches import build_photo_patches
@@ -27,6 +28,7 @@ from common.data_registry import DATASETS, dataset_path
 
 __all__ = [
     "DATASETS",
+    "MAF_TABULAR",
     "ChecksumError",
     "Dataset",
     "DatasetError",
@@ -36,6 +38,7 @@ __all__ = [
     "dataset_path",
     "load_dataset",
     "prepare_cifar10",
+    "prepare_maf_tabular",
     "prepare_mnist",
 ]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from common.data import (
@@ -14,7 +15,9 @@ from common.data import (
     ChecksumError,
     DatasetError,
     DatasetNotFoundError,
+    MAF_TABULAR,
     build_offline,
+    prepare_maf_tabular,
     prepare_cifar10,
     prepare_mnist,
 )
@@ -31,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in build_offline(args.root):
         print(f"built {path}")
     downloaders = {"mnist": prepare_mnist, "cifar10": prepare_cifar10}
+    downloaders |= {name: partial(prepare_maf_tabular, name) for name in MAF_TABULAR}
     for name in args.datasets:
         if name not in downloaders:
             continue  # offline sets were built above
