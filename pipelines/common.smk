@@ -106,6 +106,19 @@ def ablation_experiments(paper, profile=PROFILE):
     return sorted({e for names in groups.values() for e in names} & present)
 
 
+def measurement_outputs(paper, profile=PROFILE):
+    """The files of the paper's ``measurements`` (paper.yaml), one ``measure`` job each."""
+    return [
+        f"runs/{profile}/{paper}/measurements/{m['name']}.json"
+        for m in paper_meta(paper).get("measurements", [])
+    ]
+
+
+def measurement_module(paper, name):
+    (module,) = [m["module"] for m in paper_meta(paper)["measurements"] if m["name"] == name]
+    return module
+
+
 def main_experiments(paper, profile=PROFILE):
     """What reproduce_<paper> runs: every experiment but the ablation's, except the paper's
     index experiment, which the ablation shares (its first seeds are the same runs)."""

@@ -3,11 +3,28 @@
 # reports/README.md from every paper's index experiment.
 
 
+rule measure:
+    """A measurement of the paper's report (paper.yaml: measurements), e.g. MAF's density vs
+    sampling cost; it asks for every core, so no training job shares the machine while it
+    times."""
+    output:
+        "runs/{profile}/{paper}/measurements/{name}.json",
+    params:
+        module=lambda wc: measurement_module(wc.paper, wc.name),
+    log:
+        "runs/logs/measure_{profile}_{paper}_{name}.log",
+    threads: workflow.cores
+    shell:
+        "{PY:q} -m {params.module:q} --profile {wildcards.profile:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
 rule report:
     wildcard_constraints:
         paper="|".join(PAPERS),  # not <paper>_ablation
     input:
         metrics=lambda wc: run_outputs(wc.paper),
+        measurements=lambda wc: measurement_outputs(wc.paper),
         claims="papers/{paper}/paper.yaml",
         store=ancient(MLFLOW_DB),
     output:
@@ -17,8 +34,8 @@ rule report:
     localrule: True
     shell:
         "{PY:q} -m common.run.reports paper --paper {wildcards.paper:q} --profile {PROFILE:q}"
-        " --tracking-uri {TRACKING_URI:q} --metrics {input.metrics:q} --out {output.report:q}"
-        " > {log:q} 2>&1"
+        " --tracking-uri {TRACKING_URI:q} --metrics {input.metrics:q}"
+        " --measurements {input.measurements:q} --out {output.report:q} > {log:q} 2>&1"
 
 
 rule report_ablation:

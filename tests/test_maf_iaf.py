@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -326,3 +327,30 @@ def test_paper_configs_build_and_score_data_of_their_datasets_shape(path):
     else:
         scores = model.log_prob(x)
     assert torch.isfinite(scores).all()
+
+
+# --- the density-vs-sampling cost measurement ---------------------------------------------------
+
+
+def test_cost_counts_one_pass_for_the_fast_direction_and_d_for_the_slow(tmp_path):
+    """MAF: density 1 MADE pass, sampling D; IAF the reverse (counted, then shown in the
+    report's section with its plot)."""
+    from common.run.reports.measurements import measurement_section
+    from papers.maf_iaf.cost import main
+
+    out = tmp_path / "cost.json"
+    main(["--profile", "smoke", "--out", str(out)])
+    data = json.loads(out.read_text())
+    passes = {(flow, d, op): n for flow, d, op, n, _ in data["rows"]}
+    for d in (8, 16):
+        assert passes[("MAF", d, "log_prob")] == 1 and passes[("MAF", d, "sample")] == d
+        assert passes[("IAF", d, "log_prob")] == d and passes[("IAF", d, "sample")] == 1
+    assert all(ms > 0 for *_, ms in data["rows"])
+    lines = measurement_section(out, tmp_path / "fig", Path("fig"))
+    assert "## Density vs sampling cost: MAF and IAF" in lines
+    assert "| IAF | 16 | sample | 1 |" in "\n".join(lines)
+    assert (tmp_path / "fig" / "cost.png").stat().st_size > 0
+    del data["rows"]
+    out.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"lacks \['rows'\]"):
+        measurement_section(out, tmp_path / "fig", Path("fig"))

@@ -45,9 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--profile", required=True, choices=["smoke", "cpu", "paper"])
         p.add_argument("--metrics", nargs="*", type=Path, default=[])
         p.add_argument("--out", type=Path, required=True)
+    one.add_argument("--measurements", nargs="*", type=Path, default=[],
+                     help="the paper's measurement files (paper.yaml: measurements)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "paper":
-        path = generate_report(args.paper, args.profile, args.metrics, args.out, args.tracking_uri)
+        path = generate_report(args.paper, args.profile, args.metrics, args.out,
+                               args.tracking_uri, measurements=args.measurements)  # fmt: skip
     elif args.command == "ablation":
         path = generate_ablation_report(
             args.paper, args.profile, args.metrics, args.out, args.tracking_uri

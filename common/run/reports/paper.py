@@ -16,6 +16,7 @@ from common.run.reports.compare import (
     verdict_vs_baseline,
 )
 from common.run.reports.figures import curves_figure, density_figure, sample_figures
+from common.run.reports.measurements import measurement_section
 from common.run.reports.meta import load_paper_meta
 from common.run.reports.runs import Group, fmt, load_groups, table
 from common.run.reports.stats import mean_interval
@@ -244,9 +245,11 @@ def generate_report(
     out: Path,
     tracking_uri: str,
     baseline: str = "diagonal_gaussian",
+    measurements: list[Path] = (),
 ) -> Path:
     """Write ``out`` (``reports/<paper>.md``) and its figures beside it under
-    ``figures/<paper>/``, from the runs' summaries, their MLflow histories and paper.yaml."""
+    ``figures/<paper>/``, from the runs' summaries, their MLflow histories, paper.yaml and
+    the paper's ``measurements`` files (:mod:`common.run.reports.measurements`)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -302,6 +305,9 @@ def generate_report(
             "above; see the paper's README for its time).",
             "",
         ]
+
+    for path in measurements:
+        lines += measurement_section(path, fig_dir, rel)
 
     lines += ["", "## Figures", ""]
     for dataset, gs in sorted(by_dataset.items()):

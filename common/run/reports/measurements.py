@@ -1,0 +1,50 @@
+"""Measurements a paper's report shows beside its runs: things timed or counted by a module of
+the paper (``measurements`` in papers/<paper>/paper.yaml; e.g. MAF's density-vs-sampling
+cost), run by the pipeline's ``measure`` rule into ``runs/<profile>/<paper>/measurements/
+<name>.json``.
+
+A measurement file holds ``title``, ``intro`` (Markdown), ``environment`` (where it was
+measured), a table (``columns``, ``rows``) and optionally ``plot``: ``xlabel``, ``ylabel`` and
+``series`` (label → ``[[x, y], ...]``), drawn on log-log axes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.files import save_figure
+from common.run.plotting import plt
+from common.run.reports.runs import table
+
+__all__ = ["measurement_section"]
+
+REQUIRED = ("title", "intro", "environment", "columns", "rows")
+
+
+def _plot(plot: dict, path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (label, points) in enumerate(plot["series"].items()):
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=label)
+    ax.set(xscale="log", yscale="log", xlabel=plot["xlabel"], ylabel=plot["ylabel"], title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def measurement_section(path: Path, fig_dir: Path, rel: Path) -> list[str]:
+    """The report's section for the measurement file ``path``: its intro, table and plot."""
+    data = json.loads(Path(path).read_text())
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"measurement {path} lacks {missing}")
+    lines = ["", f"## {data['title']}", "", data["intro"], "",
+             f"Measured on: {data['environment']}.", ""]  # fmt: skip
+    lines += table(data["columns"], [[str(v) for v in row] for row in data["rows"]])
+    if data.get("plot"):
+        figure = _plot(data["plot"], fig_dir / f"{Path(path).stem}.png", data["title"])
+        lines += ["", f"![{data['title']}]({rel / figure.name})", ""]
+    return lines
