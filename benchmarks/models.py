@@ -9,12 +9,16 @@ Rows (issue 9, section 4):
 - ``realnvp_vectors``: D = 16, 5 affine couplings, each transforming one half of the features
   given the other (the halves alternate), each conditioner an
   MLP 8 → 64 → 64 → 16 (ReLU), batch 1024;
+- ``maf_vectors`` (issue 12): D = 16, 5 MAF layers (affine conditionals, the order reversed
+  between layers), each a MADE 16 → 64 → 64 → 32 (ReLU, sequential degrees), batch 1024;
+  sampling is MAF's slow direction (D passes per layer);
 - ``glow_steps``: K = 4 Glow steps (ActNorm → 1×1 convolution → affine coupling whose network
   is conv3×3 → ReLU → conv1×1 → ReLU → conv3×3, width 64) on ``(32, 12, 16, 16)``.
 
 Where a peer lacks a layer, the closest it has is used and the report says so: FrEIA has no
 learned 1×1 convolution (its Glow-style ``AllInOneBlock`` mixes channels with a fixed random
-orthogonal matrix and normalises after the coupling), zuko has no image layers.
+orthogonal matrix and normalises after the coupling), zuko has no image layers, FrEIA no
+autoregressive layers.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +63,9 @@ class Row:
     builders: dict[str, Callable[[], Subject]]
     # how `train.compile` is best set for this model (common.run.config.TrainBase.compile_mode)
     compile_mode: str = "graph"
+    # passes of each conditioner network a sample takes (D for an autoregressive flow), so that
+    # "ours: conditioners only" times the networks' share of sampling
+    sample_passes: int = 1
 
 
 def library_version(library: str) -> str:
@@ -188,6 +196,82 @@ def freia_realnvp() -> Subject:
     return _freia_subject(inn, (D,), "a fixed random permutation between couplings")
 
 
+# --- maf_vectors --------------------------------------------------------------------------------
+
+
+def ours_maf() -> Subject:
+    from common.flows.autoregressive import MaskedAutoregressive
+    from common.flows.bijector import Compose
+    from common.flows.distributions import StandardNormal
+    from common.flows.elementwise import Affine
+    from common.flows.flow import Flow
+
+    order = torch.arange(D)
+    affine = partial(Affine, scale_bound=None)  # MAF's unbounded log-scale (papers/maf_iaf)
+    layers = [
+        MaskedAutoregressive(D, affine, HIDDEN, 2, order if k % 2 == 0 else order.flip(0), seed=k)
+        for k in range(COUPLINGS)
+    ]
+    flow = Flow(Compose(*layers), StandardNormal(D))
+    nets = [(m.made, torch.randn(VECTOR_BATCH, D).requires_grad_(k > 0))
+            for k, m in enumerate(layers)]  # fmt: skip
+    note = "the MAF paper's affine map, unbounded log-scale (each peer uses its own map)"
+    return Subject(flow, flow.log_prob, lambda n: flow.sample(n), note=note, conditioners=nets)
+
+
+def zuko_maf() -> Subject:
+    import zuko
+
+    flow = zuko.flows.MAF(D, transforms=COUPLINGS, hidden_features=(HIDDEN, HIDDEN))
+    return Subject(flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
+
+
+def _nflows_style_maf(made_transform, reverse) -> list:
+    # num_blocks=1 without residual blocks: 16 → 64 → 64 → 32, two hidden layers
+    layers = []
+    for k in range(COUPLINGS):
+        if k:
+            layers.append(reverse(D))
+        layers.append(made_transform(D, HIDDEN, num_blocks=1, use_residual_blocks=False))
+    return layers
+
+
+def nflows_maf() -> Subject:
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import (
+        CompositeTransform,
+        MaskedAffineAutoregressiveTransform,
+        ReversePermutation,
+    )
+
+    layers = _nflows_style_maf(MaskedAffineAutoregressiveTransform, ReversePermutation)
+    flow = Flow(CompositeTransform(layers), StandardNormal([D]))
+    return Subject(flow, flow.log_prob, flow.sample)
+
+
+def normflows_maf() -> Subject:
+    import normflows as nf
+
+    def shuffle(d):  # normflows has no order reversal
+        return nf.flows.Permute(d, mode="shuffle")
+
+    def maf_layer(*args, **kwargs):
+        # normflows' layer maps z → x in one pass (the IAF direction); reversed, it is MAF's:
+        # one pass for log_prob, D for sampling
+        return nf.flows.Reverse(nf.flows.MaskedAffineAutoregressive(*args, **kwargs))
+
+    layers = _nflows_style_maf(maf_layer, shuffle)
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(D, trainable=False), layers)
+    return Subject(
+        model,
+        model.log_prob,
+        lambda n: model.sample(n)[0],
+        note="a fixed random permutation between layers (normflows has no reversal); its "
+        "autoregressive layer wrapped in `Reverse` (alone it is IAF-directed)",
+    )
+
+
 # --- glow_steps ---------------------------------------------------------------------------------
 
 
@@ -254,6 +338,14 @@ def freia_glow() -> Subject:
 
 
 ROWS = [
+    Row(
+        "maf_vectors",
+        "MAF on vectors (D = 16, 5 layers, MADE 2 × 64)",
+        VECTOR_BATCH,
+        lambda: torch.randn(VECTOR_BATCH, D),
+        {"ours": ours_maf, "zuko": zuko_maf, "nflows": nflows_maf, "normflows": normflows_maf},
+        sample_passes=D,
+    ),
     Row(
         "realnvp_vectors",
         "RealNVP on vectors (D = 16, 5 affine couplings, MLP 2 × 64)",

@@ -61,7 +61,9 @@ def _sample(subject: Subject, n: int) -> Callable[[], None]:
     return draw
 
 
-def _bare_nets(subject: Subject, train: bool) -> Callable[[], None]:
+def _bare_nets(subject: Subject, train: bool, passes: int = 1) -> Callable[[], None]:
+    """Our flow's conditioner networks alone, on inputs of the shapes they see: once each for
+    a training step, ``passes`` times each for a sample (D for an autoregressive flow)."""
     nets = subject.conditioners
 
     def run() -> None:
@@ -71,7 +73,8 @@ def _bare_nets(subject: Subject, train: bool) -> Callable[[], None]:
         else:
             with torch.no_grad():
                 for net, inp in nets:
-                    net(inp)
+                    for _ in range(passes):
+                        net(inp)
 
     return run
 
@@ -151,7 +154,8 @@ def bench_row(
                 graph = lib == COMPILED and row.compile_mode == "graph"
                 calls[lib] = (_compiled_train_step if graph else _train_step)(s, x)
         if "ours" in subjects:
-            calls[BARE] = _bare_nets(subjects["ours"], train=mode == "train")
+            passes = 1 if mode == "train" else row.sample_passes
+            calls[BARE] = _bare_nets(subjects["ours"], train=mode == "train", passes=passes)
         out["modes"][mode] = measure(calls, rounds, inner)
     return out
 

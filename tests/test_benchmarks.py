@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from benchmarks.models import ROWS
@@ -40,3 +42,17 @@ def test_a_tiny_run_writes_the_report(tmp_path):
     out = write_report(results, tmp_path / "performance.md", rounds=2, inner=1)
     text = out.read_text()
     assert "ours vs our bare conditioner networks" in text and "28,880" in text
+
+
+@pytest.mark.parametrize(
+    "row", [r for r in ROWS if r.name.endswith("_vectors")], ids=lambda r: r.name
+)
+def test_vector_rows_are_matched_in_parameter_count(row):
+    """The peers' models of a vector row have exactly our parameter count (peers that are not
+    installed, the usual case outside `make bench`, are skipped)."""
+    counts = {}
+    for lib, build in row.builders.items():
+        if lib != "ours" and importlib.util.find_spec(lib) is None:
+            continue
+        counts[lib] = build().num_params
+    assert len(set(counts.values())) == 1, counts

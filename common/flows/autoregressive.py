@@ -25,6 +25,9 @@ network whose weight masks cut every path from x_j to p_d unless j comes before 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Literal
 
 import torch
@@ -43,23 +46,46 @@ __all__ = [
     "MaskedAutoregressive",
     "MaskedLinear",
     "made_degrees",
+    "masked_weights_once",
 ]
 
 Degrees = Literal["sequential", "random"]
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+# ReLU in place: its backward needs only its output, and the linear map before it keeps no
+# use of its own output, so no allocation is needed for the activations
+_ACTIVATIONS = {"relu": partial(nn.ReLU, inplace=True), "tanh": nn.Tanh, "elu": nn.ELU}
 
 
 class MaskedLinear(nn.Linear):
-    """y = x (W ⊙ M)ᵀ + b with a fixed 0/1 mask ``M`` of shape ``(out, in)`` (a buffer)."""
+    """y = x (W ⊙ M)ᵀ + b with a fixed 0/1 mask ``M`` of shape ``(out, in)`` (a buffer).
+
+    Inside :func:`masked_weights_once`, W ⊙ M is formed once and reused by every call (the D
+    passes of an autoregressive inverse), instead of once per call."""
 
     def __init__(self, in_features: int, out_features: int, mask: Tensor) -> None:
         super().__init__(in_features, out_features)
         if mask.shape != (out_features, in_features):
             raise ValueError(f"mask shape {tuple(mask.shape)} != {(out_features, in_features)}")
         self.register_buffer("mask", mask.to(self.weight.dtype))
+        self._masked: Tensor | None = None  # W ⊙ M while masked_weights_once is active
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        weight = self.weight * self.mask if self._masked is None else self._masked
+        return F.linear(x, weight, self.bias)
+
+
+@contextmanager
+def masked_weights_once(module: nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`MaskedLinear` of ``module`` uses W ⊙ M formed on entry:
+    the weights must not change inside it (they do not during an inverse's D passes). The
+    product stays in the autograd graph, so gradients through the passes are unchanged."""
+    layers = [m for m in module.modules() if isinstance(m, MaskedLinear)]
+    for m in layers:
+        m._masked = m.weight * m.mask
+    try:
+        yield
+    finally:
+        for m in layers:
+            m._masked = None
 
 
 def made_degrees(
@@ -210,8 +236,9 @@ class MaskedAutoregressive(Bijector):
                 f"MaskedAutoregressive({self.num_features} features) got shape {tuple(z.shape)}"
             )
         x, log_deriv = torch.zeros_like(z), None
-        for _ in range(self.num_features):
-            x, log_deriv = self.map.inverse(z, self.made(x, context))
+        with masked_weights_once(self.made):
+            for _ in range(self.num_features):
+                x, log_deriv = self.map.inverse(z, self.made(x, context))
         return x, _ldj(log_deriv, z)
 
 
@@ -305,11 +332,13 @@ class MADEMoG(BaseDistribution):
         eps = torch.randn(n, D, device=a.device, dtype=a.dtype)
         uniform = torch.rand(n, 1, D, device=a.device, dtype=a.dtype)
         u = torch.zeros(n, D, device=a.device, dtype=a.dtype)
-        for _ in range(D):
-            log_pi, mu, log_sigma = self._conditionals(u)
-            # the component whose CDF interval holds the uniform draw (inverse-CDF sampling)
-            k = (log_pi.exp().cumsum(1) < uniform).sum(1, keepdim=True)
-            k = k.clamp_max(self.num_components - 1)
-            mu_k, sigma_k = mu.gather(1, k).squeeze(1), log_sigma.gather(1, k).squeeze(1).exp()
-            u = mu_k + temperature * sigma_k * eps
+        with masked_weights_once(self.made):
+            for _ in range(D):
+                log_pi, mu, log_sigma = self._conditionals(u)
+                # the component whose CDF interval holds the uniform draw (inverse-CDF sampling)
+                k = (log_pi.exp().cumsum(1) < uniform).sum(1, keepdim=True)
+                k = k.clamp_max(self.num_components - 1)
+                mu_k = mu.gather(1, k).squeeze(1)
+                sigma_k = log_sigma.gather(1, k).squeeze(1).exp()
+                u = mu_k + temperature * sigma_k * eps
         return u

@@ -102,7 +102,7 @@ class Affine(ElementwiseMap):
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raw, shift = params.chunk(2, dim=1)
         s = self.log_scale(raw)
-        return x * s.exp() + shift, s
+        return torch.addcmul(shift, x, s.exp()), s  # one fused kernel for x · eˢ + t
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raw, shift = params.chunk(2, dim=1)

@@ -23,10 +23,17 @@ REQUIRED = ("title", "intro", "environment", "columns", "rows")
 
 def _plot(plot: dict, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs_all = set()
     for i, (label, points) in enumerate(plot["series"].items()):
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "o-", color=f"C{i}", label=label)
+        xs_all.update(xs)
+        # markers and dashes differ too: series that coincide (e.g. MAF's density and IAF's
+        # sampling) stay visible on top of each other
+        ax.plot(xs, ys, color=f"C{i}", label=label, marker="os^D"[i % 4],
+                linestyle=["-", "--", ":", "-."][i % 4], markersize=8 - 1.5 * (i % 4))  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel=plot["xlabel"], ylabel=plot["ylabel"], title=title)
+    ax.set_xticks(sorted(xs_all), [f"{x:g}" for x in sorted(xs_all)])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
