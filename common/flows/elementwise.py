@@ -102,7 +102,9 @@ class Affine(ElementwiseMap):
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raw, shift = params.chunk(2, dim=1)
         s = self.log_scale(raw)
-        return torch.addcmul(shift, x, s.exp()), s  # one fused kernel for x · eˢ + t
+        # not torch.addcmul: its fused multiply-add rounds differently, which would change the
+        # training trajectories (and committed numbers) of every flow using this map
+        return x * s.exp() + shift, s
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raw, shift = params.chunk(2, dim=1)
