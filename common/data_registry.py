@@ -20,18 +20,20 @@ TOY_NAMES = (
 class DatasetInfo(NamedTuple):
     """What a dataset file must hold: ``x_train``, ``x_val`` and ``x_test`` of shape
     ``(N, *event_shape)``; uint8 levels ``0 … num_levels - 1`` for discrete data, finite
-    float32 values for continuous data (``num_levels`` None). Checked at every load."""
+    float32 values for continuous data (``num_levels`` None); for labelled data (``num_classes``
+    set), ``y_<split>`` of shape ``(N,)`` in ``0 … num_classes - 1``. Checked at every load."""
 
     file: str  # path under the data root
     num_levels: int | None  # grey levels of discrete data; None for continuous data
     download: bool  # needs the internet (else built offline, deterministically)
     event_shape: tuple[int, ...]  # the shape of one example
+    num_classes: int | None = None  # labelled data: y_<split> in 0 … num_classes − 1
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits.npz", 17, False, (1, 8, 8)),
-    "mnist": DatasetInfo("mnist.npz", 256, True, (1, 28, 28)),
-    "cifar10": DatasetInfo("cifar10.npz", 256, True, (3, 32, 32)),
+    "digits": DatasetInfo("digits.npz", 17, False, (1, 8, 8), num_classes=10),
+    "mnist": DatasetInfo("mnist.npz", 256, True, (1, 28, 28), num_classes=10),
+    "cifar10": DatasetInfo("cifar10.npz", 256, True, (3, 32, 32), num_classes=10),
     # 8×8 grey patches of scikit-learn's two sample photographs in the BSDS300 protocol of the
     # MAF papers (common.data.patches): not BSDS300
     "photo_patches": DatasetInfo("photo_patches.npz", None, False, (63,)),

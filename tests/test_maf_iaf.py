@@ -25,7 +25,12 @@ from common.flows.testing import perturb_parameters
 from common.flows.vae import VAE
 from common.run.config import ConfigError, load_config
 from common.run.loop import train
-from common.run.objectives import MaximumLikelihood, VariationalAutoencoder
+from common.run.objectives import (
+    MaximumLikelihood,
+    VariationalAutoencoder,
+    batch_indices,
+    eval_rng,
+)
 from papers.maf_iaf.model import MAFModel, build_maf, build_model
 from papers.maf_iaf.train import CONFIG, IAFConfig, MAFConfig
 from papers.maf_iaf.vae import VAEModel, build_vae
@@ -320,12 +325,16 @@ def test_paper_configs_build_and_score_data_of_their_datasets_shape(path):
     else:
         x = torch.randn(shape)
     data = Dataset(cfg.data.name, x, x, x, info.num_levels, md5="")
+    context = None
+    if cfg.data.conditional:  # as the objective sets it: the one-hot label
+        data.context_features = info.num_classes
+        context = torch.eye(info.num_classes)[torch.arange(6) % info.num_classes]
     model = build_model(cfg.model, data)
     if isinstance(model, VAE):
         eps = torch.randn(2, 6, model.latent_features)
         scores = model.log_weights((x.flatten(1) > 0).float(), eps)
     else:
-        scores = model.log_prob(x)
+        scores = model.log_prob(x, context)
     assert torch.isfinite(scores).all()
 
 
@@ -354,3 +363,72 @@ def test_cost_counts_one_pass_for_the_fast_direction_and_d_for_the_slow(tmp_path
     out.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"lacks \['rows'\]"):
         measurement_section(out, tmp_path / "fig", Path("fig"))
+
+
+# --- class-conditional MAF (MAF Table 2's conditional column) -----------------------------------
+
+
+def _conditional_cfg(data_root, tmp_path, model="{name: maf, num_layers: 2, hidden_features: 16, "
+                     "num_hidden: 1, logit_alpha: 0.05}", data="digits", overrides=()):  # fmt: skip
+    path = tmp_path / "cond.yaml"
+    path.write_text(
+        f"paper: maf_iaf\nexperiment: c\nscale: smoke\ndata: {{name: {data}, conditional: true}}\n"
+        f"model: {model}\n"
+        "train: {batch_size: 32, max_steps: 4, eval_every: 2, eval_batch_size: 500,\n"
+        "        batch_norm_stats: training_set, num_samples: 20}\n"
+    )
+    return load_config(CONFIG, path, [f"data.root={data_root}", *overrides])
+
+
+def test_conditional_batches_carry_their_own_labels_and_scores_use_them(data_root, tmp_path):
+    cfg = _conditional_cfg(data_root, tmp_path)
+    objective = MaximumLikelihood(cfg, build_model)
+    model = objective.build(torch.device("cpu"))
+    perturb_parameters(model, 0.02, seed=0)  # the zero-initialised outputs ignore the context
+    data = objective.data
+    y, _, context = objective.batch(model, 3)
+    index = batch_indices(len(data.x_train), objective.batch_size, cfg.seed, 3)
+    assert context.shape == (32, 10) and torch.equal(context.argmax(1), data.y_train[index])
+    # the validation NLL is −log p(x | y) with each digit's own label, not another's
+    nll = objective.validate(model)["nll"]
+    one_hot = torch.nn.functional.one_hot
+    model.eval()
+    with torch.no_grad(), eval_rng(torch.device("cpu")):
+        own = -model.log_prob(data.x_val, one_hot(data.y_val, 10).float()).mean().item()
+    with torch.no_grad(), eval_rng(torch.device("cpu")):
+        shifted = one_hot((data.y_val + 1) % 10, 10).float()
+        other = -model.log_prob(data.x_val, shifted).mean().item()
+    assert nll == pytest.approx(own, rel=1e-6) and abs(own - other) > 1e-3
+
+
+def test_conditional_run_trains_tests_and_samples_per_class(data_root, tmp_path):
+    """Training, the training-set batch-norm statistics (computed with the labels) and the
+    class-conditional sample grid all run with the context."""
+    cfg = _conditional_cfg(data_root, tmp_path)
+    summary = train(cfg, MaximumLikelihood(cfg, build_model), tmp_path / "run", progress=False)
+    assert math.isfinite(summary.metrics["test/nll"])
+    assert "samples" in {f.kind for f in summary.figures}
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ("{name: maf, num_layers: 1, hidden_features: 8}", "photo_patches", "needs class labels"),
+        ("{name: diagonal_gaussian, logit_alpha: 0.05}", "digits", "takes no context"),
+        ("{name: maf, num_layers: 1, hidden_features: 8, base: mog, logit_alpha: 0.05}", "digits",
+         "needs base: gaussian"),
+    ],
+)  # fmt: skip
+def test_conditional_needs_labels_and_a_model_that_takes_them(data_root, tmp_path, model, data,
+                                                              message):  # fmt: skip
+    closed_form = ["train.max_steps=0", "train.batch_norm_stats=running"]
+    cfg = _conditional_cfg(data_root, tmp_path, model, data, closed_form if "diag" in model else [])
+    with pytest.raises(ConfigError, match=message):
+        MaximumLikelihood(cfg, build_model).build(torch.device("cpu"))
+
+
+def test_vae_rejects_conditional(data_root, tmp_path):
+    cfg = _vae_cfg(data_root, tmp_path)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"conditional": True})})
+    with pytest.raises(ConfigError, match="does not condition on labels"):
+        VariationalAutoencoder(cfg, build_model).build(torch.device("cpu"))

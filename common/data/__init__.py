@@ -46,7 +46,10 @@ __all__ = [
 @dataclass
 class Dataset:
     """A loaded dataset. ``num_levels`` is the number of grey levels of discrete data (None for
-    continuous data); ``md5`` is the hash of the file it came from (logged with every run)."""
+    continuous data); ``md5`` is the hash of the file it came from (logged with every run).
+    Labelled data has ``y_<split>`` (int64 ``(N,)``) and ``num_classes``; ``context_features``
+    is the size of the context a model built for it must take (the one-hot label of a
+    conditional experiment, ``data.conditional``; 0 otherwise), set by the objective."""
 
     name: str
     x_train: Tensor
@@ -54,6 +57,11 @@ class Dataset:
     x_test: Tensor
     num_levels: int | None
     md5: str
+    y_train: Tensor | None = None
+    y_val: Tensor | None = None
+    y_test: Tensor | None = None
+    num_classes: int | None = None
+    context_features: int = 0
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -106,12 +114,19 @@ def load_dataset(name: str, root: str | Path) -> Dataset:
             "pipeline, whose `data` rule does it and tracks the result with DVC)."
         )
         raise DatasetNotFoundError(f"dataset {name!r} not found at {path}. {how}")
-    arrays = validate_splits(name, path, read_dataset_file(name, path), DATASETS[name])
+    info = DATASETS[name]
+    arrays = validate_splits(name, path, read_dataset_file(name, path), info)
+    labels = {}
+    if info.num_classes is not None:
+        labels = {f"y_{s}": torch.from_numpy(arrays[f"y_{s}"].astype(np.int64))
+                  for s in ("train", "val", "test")}  # fmt: skip
     return Dataset(
         name=name,
         x_train=torch.from_numpy(arrays["x_train"]),
         x_val=torch.from_numpy(arrays["x_val"]),
         x_test=torch.from_numpy(arrays["x_test"]),
-        num_levels=DATASETS[name].num_levels,
+        num_levels=info.num_levels,
         md5=file_md5(path),
+        num_classes=info.num_classes,
+        **labels,
     )

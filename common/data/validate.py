@@ -112,4 +112,17 @@ def validate_splits(name: str, path: Path, arrays: dict[str, np.ndarray], info: 
                 f"{where}: {count} of {len(x)} rows have {what} (first at row "
                 f"{int(np.argmax(bad))}). {fix}"
             )
+        if info.num_classes is not None:
+            _check_labels(arrays.get(f"y_{split}"), len(x), info.num_classes, where, fix)
     return arrays
+
+
+def _check_labels(y: np.ndarray | None, n: int, num_classes: int, where: str, fix: str) -> None:
+    if y is None:
+        raise DatasetError(f"{where} has no labels (y_*); expected {n} in 0…{num_classes - 1}. "
+                           + fix)  # fmt: skip
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{where}: labels of shape {y.shape} and dtype {y.dtype}; expected "
+                           f"({n},) integers. {fix}")  # fmt: skip
+    if count := int(((y < 0) | (y >= num_classes)).sum()):
+        raise DatasetError(f"{where}: {count} labels outside 0…{num_classes - 1}. {fix}")

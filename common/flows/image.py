@@ -221,26 +221,31 @@ class BatchNorm(Bijector):
 
 
 @torch.no_grad()
-def set_batch_norm_statistics(transform: Bijector, y: Tensor, batch_size: int = 4096) -> int:
+def set_batch_norm_statistics(
+    transform: Bijector, y: Tensor, batch_size: int = 4096, context: Tensor | None = None
+) -> int:
     """Set the running statistics of every :class:`BatchNorm` in ``transform`` to the mean and
     (biased) variance of its inputs over all of ``y`` ``(N, ...)``, in the order the layers
     apply, each computed with the ones before it already set: MAF's test-time batch norm
     ("the statistics of the whole training set", as the authors' code does after training).
     Runs in eval mode in chunks of ``batch_size``; nested :class:`Compose` are walked, and a
-    batch norm inside any other container is an error. Returns the number of layers set."""
+    batch norm inside any other container is an error. ``context`` ``(N, C)``, one row per
+    row of ``y``, is passed to every layer (a conditional flow). Returns the number of layers
+    set."""
     was_training = transform.training
     transform.eval()
+    contexts = context.split(batch_size) if context is not None else None
     try:
-        return _set_statistics(transform, y.split(batch_size))[1]
+        return _set_statistics(transform, y.split(batch_size), contexts)[1]
     finally:
         transform.train(was_training)
 
 
-def _set_statistics(layer: Bijector, chunks: tuple[Tensor, ...]) -> tuple[tuple, int]:
+def _set_statistics(layer: Bijector, chunks: tuple[Tensor, ...], contexts) -> tuple[tuple, int]:
     if isinstance(layer, Compose):
         count = 0
         for inner in layer.layers:
-            chunks, n = _set_statistics(inner, chunks)
+            chunks, n = _set_statistics(inner, chunks, contexts)
             count += n
         return chunks, count
     if isinstance(layer, BatchNorm):
@@ -250,7 +255,10 @@ def _set_statistics(layer: Bijector, chunks: tuple[Tensor, ...]) -> tuple[tuple,
         layer.running_var.copy_(y.var(dim=dims, unbiased=False))
     elif any(isinstance(m, BatchNorm) for m in layer.modules()):
         raise ValueError(f"a BatchNorm inside {type(layer).__name__}: only Compose is walked")
-    return tuple(layer(c)[0] for c in chunks), int(isinstance(layer, BatchNorm))
+    if contexts is None:
+        return tuple(layer(c)[0] for c in chunks), int(isinstance(layer, BatchNorm))
+    out = tuple(layer(c, h)[0] for c, h in zip(chunks, contexts, strict=True))
+    return out, int(isinstance(layer, BatchNorm))
 
 
 class Split(Bijector):

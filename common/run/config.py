@@ -62,6 +62,10 @@ class StrictModel(BaseModel):
 class DataConfig(StrictModel):
     name: DatasetName = Field(description="dataset, see common.data_registry.DATASETS")
     root: str = Field("data", description="folder holding the .npz files (tracked by DVC)")
+    conditional: bool = Field(
+        False, description="condition the model on each example's one-hot class label and "
+        "score −log p(x | y) (labelled data only; MAF Table 2's conditional column)",
+    )  # fmt: skip
 
 
 class OptimConfig(StrictModel):

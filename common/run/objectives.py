@@ -130,15 +130,19 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_nll(model: Flow, x: Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate_nll(
+    model: Flow, x: Tensor, batch_size: int, device: torch.device, context: Tensor | None = None
+) -> dict[str, float]:
     """Mean NLL (nats/example) of ``x``, its bits/dim, and the NLL of the dequantized data on
-    its continuous scale (NICE's unit). Dequantization noise is drawn from a fixed seed."""
+    its continuous scale (NICE's unit). Dequantization noise is drawn from a fixed seed. With
+    ``context`` ``(N, C)`` (one row per example), the NLL is −log p(x | context)."""
     was_training = model.training
     model.eval()
     total = cont = 0.0
+    contexts = context.split(batch_size) if context is not None else [None] * len(x)
     with eval_rng(device):
-        for chunk in x.split(batch_size):
-            parts = model.log_prob_parts(chunk.to(device))
+        for chunk, c in zip(x.split(batch_size), contexts, strict=False):
+            parts = model.log_prob_parts(chunk.to(device), None if c is None else c.to(device))
             total += parts.total.sum().item()
             cont += parts.continuous.sum().item()
     model.train(was_training)
@@ -178,7 +182,11 @@ class MaximumLikelihood(Objective):
     picks the best model, which is tested. A step's input is the dequantized batch: batch
     order from (seed, epoch), random horizontal flips (``train.hflip``, RealNVP Sec. 4.1),
     random translations (``train.random_shift``, the Glow authors' code), then the
-    dequantization noise, all from the run's seeded stream."""
+    dequantization noise, all from the run's seeded stream.
+
+    With ``data.conditional`` the model is conditioned on each example's one-hot class label
+    (MAF's class-conditional models, Sec. 4.3): every score is −log p(x | y) with the true
+    label, the batch carries the labels of its examples, and the samples are drawn per class."""
 
     curve = ("train/nll", "val/nll")
     curve_label = "NLL (nats / example)"
@@ -196,7 +204,16 @@ class MaximumLikelihood(Objective):
                 raise ConfigError(f"train.{key} needs image data; {cfg.data.name!r} is not")
         self.dataset, self.data_md5 = cfg.data.name, data.md5
         self.batch_size = min(cfg.train.batch_size, len(data.x_train))
+        if cfg.data.conditional:
+            if data.num_classes is None:
+                raise ConfigError(f"data.conditional needs class labels; {cfg.data.name!r} has "
+                                  "none")  # fmt: skip
+            data.context_features = data.num_classes
         model = self.build_model(cfg.model, data)
+        takes = any(getattr(m, "context_features", 0) for m in model.modules())
+        if cfg.data.conditional and not takes:
+            raise ConfigError(f"data.conditional: model {cfg.model.name!r} takes no context "
+                              "(a class-conditional model needs one, e.g. maf)")  # fmt: skip
         if cfg.train.batch_norm_stats == "training_set" and not any(
             isinstance(m, BatchNorm) for m in model.modules()
         ):
@@ -204,27 +221,42 @@ class MaximumLikelihood(Objective):
                               "norm layers; this one has none")  # fmt: skip
         return model
 
-    def batch(self, model: Flow, step: int) -> tuple[Tensor, Tensor]:
+    def context(self, split: str, index: Tensor | None = None) -> Tensor | None:
+        """The one-hot labels ``(N, num_classes)`` of ``split`` (rows ``index``) for a
+        conditional experiment; None otherwise."""
+        if not self.cfg.data.conditional:
+            return None
+        y = getattr(self.data, f"y_{split}")
+        y = y if index is None else y[index]
+        return torch.nn.functional.one_hot(y, self.data.num_classes).float().to(self.device)
+
+    def batch(self, model: Flow, step: int) -> tuple[Tensor, ...]:
+        """``(y, dequant_ldj)``, and the batch's one-hot labels last if conditional."""
         x_train = self.data.x_train
-        x = x_train[batch_indices(len(x_train), self.batch_size, self.cfg.seed, step)]
-        x = x.to(self.device)
+        index = batch_indices(len(x_train), self.batch_size, self.cfg.seed, step)
+        x = x_train[index].to(self.device)
         if self.cfg.train.hflip:  # flip a random half of the batch
             flip = torch.rand(len(x), device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.cfg.train.random_shift:
             x = random_shift(x, self.cfg.train.random_shift)
-        return model.dequantize(x)
+        context = self.context("train", index)
+        if context is None:
+            return model.dequantize(x)
+        return (*model.dequantize(x, context), context)
 
-    def loss(self, model: Flow, batch: tuple[Tensor, Tensor]) -> Tensor:
-        y, dequant_ldj = batch
-        return -model.log_prob_continuous(y, dequant_ldj).mean()  # nats per example
+    def loss(self, model: Flow, batch: tuple[Tensor, ...]) -> Tensor:
+        y, dequant_ldj, *context = batch
+        context = context[0] if context else None
+        return -model.log_prob_continuous(y, dequant_ldj, context).mean()  # nats per example
 
     def train_metrics(self, loss: Tensor) -> dict[str, float]:
         bpd = bits_per_dim(-loss.detach(), self.data.num_dims).item()
         return {"train/nll": loss.item(), "train/bpd": bpd}
 
     def validate(self, model: Flow) -> dict[str, float]:
-        return evaluate_nll(model, self.data.x_val, self.cfg.train.eval_batch_size, self.device)
+        size = self.cfg.train.eval_batch_size
+        return evaluate_nll(model, self.data.x_val, size, self.device, self.context("val"))
 
     def test(self, model: Flow) -> dict[str, float]:
         """Test metrics of ``model`` (the best-validation one), and its validation metrics,
@@ -232,12 +264,13 @@ class MaximumLikelihood(Objective):
         ``train.batch_norm_stats`` says so."""
         size = self.cfg.train.eval_batch_size
         if self.cfg.train.batch_norm_stats == "training_set":
+            context = self.context("train")
             with eval_rng(self.device):
                 y = torch.cat([model.dequantize(c.to(self.device))[0]
                                for c in self.data.x_train.split(size)])  # fmt: skip
-            set_batch_norm_statistics(model.transform, y, size)
-        test = evaluate_nll(model, self.data.x_test, size, self.device)
-        val = evaluate_nll(model, self.data.x_val, size, self.device)
+            set_batch_norm_statistics(model.transform, y, size, context)
+        test = evaluate_nll(model, self.data.x_test, size, self.device, self.context("test"))
+        val = evaluate_nll(model, self.data.x_val, size, self.device, self.context("val"))
         return {f"test/{k}": v for k, v in test.items()} | {
             f"best_val/{k}": v for k, v in val.items()
         }
@@ -246,9 +279,14 @@ class MaximumLikelihood(Objective):
         records, data, tc = [self._curves(history, fig_dir, title)], self.data, self.cfg.train
         model.eval()
         if data.is_image and data.num_levels and tc.num_samples:
+            context = None  # conditional: the classes in turn, 0, 1, …, one per grid cell
+            if self.cfg.data.conditional:
+                labels = torch.arange(tc.num_samples) % data.num_classes
+                context = torch.nn.functional.one_hot(labels, data.num_classes).float()
+                context = context.to(self.device)
             for t in tc.sample_temperatures:
                 with eval_rng(self.device):  # the same base draw at every temperature
-                    samples = model.sample(tc.num_samples, temperature=t)
+                    samples = model.sample(tc.num_samples, temperature=t, context=context)
                 path = fig_dir / sample_figure_name(t)
                 save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}")
                 records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
@@ -283,6 +321,9 @@ class VariationalAutoencoder(Objective):
         if not data.num_levels:
             raise ConfigError(f"a VAE on binarised data needs discrete images; "
                               f"{cfg.data.name!r} is continuous")  # fmt: skip
+        if cfg.data.conditional:
+            raise ConfigError("data.conditional: the VAE objective does not condition on "
+                              "labels")  # fmt: skip
         self.dataset, self.data_md5 = f"{cfg.data.name}_binarized", data.md5
         self.batch_size = min(cfg.train.batch_size, len(data.x_train))
         model = self.build_model(cfg.model, data)

@@ -88,7 +88,10 @@ def build_maf(cfg: MAFModel, data: Dataset) -> Flow:
     if cfg.num_layers == 0 and cfg.base == "gaussian":
         raise ConfigError("model.num_layers: 0 with base 'gaussian' is a fixed N(0, I); use "
                           "base: mog (MADE MoG) or add layers")  # fmt: skip
-    D = data.num_dims
+    D, C = data.num_dims, data.context_features  # C: one-hot labels of a conditional run
+    if C and cfg.base == "mog":
+        raise ConfigError("a class-conditional MAF needs base: gaussian (the MADE MoG base "
+                          "takes no context)")  # fmt: skip
     dequant, layers = data_preprocessing(data)
     if cfg.logit_alpha is not None:
         layers.append(Logit(cfg.logit_alpha))
@@ -101,7 +104,8 @@ def build_maf(cfg: MAFModel, data: Dataset) -> Flow:
             "degrees": cfg.degrees, "activation": cfg.activation}  # fmt: skip
     flow_layers: list[Bijector] = []
     for k in range(cfg.num_layers):
-        flow_layers.append(MaskedAutoregressive(D, elementwise, order=_order(D, k), seed=k, **made))
+        flow_layers.append(MaskedAutoregressive(D, elementwise, order=_order(D, k), seed=k,
+                                                context_features=C, **made))  # fmt: skip
         if cfg.batch_norm:
             flow_layers.append(BatchNorm(D))
     base: BaseDistribution = StandardNormal(D)
