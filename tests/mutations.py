@@ -5,7 +5,9 @@ per mutation, applies the one-line bug there, runs the tests that should catch i
 caught / MISSED for each; exit status 1 if any is missed. Not part of ``make test`` (about
 two minutes); run it after changing the tests these bugs hide from.
 
-The list is issue 11, item 12: the ten bugs that once passed the whole suite.
+The list is issue 11, item 12: the ten bugs that once passed the whole suite; then issue 12's
+(conditional labels, the MAF bundle's preprocessing, the inverse's weight cache, the cost
+measurement's direction).
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ MUTATIONS = [
     Mutation("Polyak averaging with 1 - decay", "common/run/loop.py",
              "get_ema_multi_avg_fn(decay)", "get_ema_multi_avg_fn(1 - decay)",
              ("tests/test_failures.py::test_polyak_average_moves_by_one_minus_decay",)),
+    # issue 12
+    Mutation("a conditional batch's labels shuffled against its examples",
+             "common/run/objectives.py", 'context = self.context("train", index)',
+             'context = self.context("train", index.flip(0))',
+             ("tests/test_maf_iaf.py::test_conditional_batches_carry_their_own_labels_and_scores_use_them",)),
+    Mutation("POWER's noise drawn in the wrong order", "common/data/maf_tabular.py",
+             "    voltage_noise = 0.01 * rng.rand(n, 1)\n    gap_noise = 0.001 * rng.rand(n, 1)\n",
+             "    gap_noise = 0.001 * rng.rand(n, 1)\n    voltage_noise = 0.01 * rng.rand(n, 1)\n",
+             ("tests/test_maf_tabular.py",)),
+    Mutation("masked weights left cached after an inverse", "common/flows/autoregressive.py",
+             "        for m in layers:\n            m._masked = None\n",
+             "        for m in layers:\n            pass\n",
+             ("tests/test_autoregressive.py::test_inverse_forms_masked_weights_once_and_leaves_none_behind",)),
+    Mutation("the cost measurement times IAF as MAF", "papers/maf_iaf/cost.py",
+             'layer_cls = MaskedAutoregressive if kind == "MAF" else InverseAutoregressive',
+             'layer_cls = MaskedAutoregressive if kind == "IAF" else InverseAutoregressive',
+             ("tests/test_maf_iaf.py::test_cost_counts_one_pass_for_the_fast_direction_and_d_for_the_slow",)),
 ]  # fmt: skip
 
 

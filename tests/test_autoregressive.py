@@ -14,6 +14,7 @@ from common.flows.autoregressive import (
     InverseAutoregressive,
     MADEMoG,
     MaskedAutoregressive,
+    MaskedLinear,
     made_degrees,
 )
 from common.flows.bijector import Compose
@@ -210,3 +211,24 @@ def test_batch_norm_statistics_from_the_whole_training_set():
     z = flow(y)[0]  # the output of the last batch norm is standardised over the data
     torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
     assert math.isclose(z.var(0, unbiased=False).mean().item(), 1.0, rel_tol=1e-3)
+
+
+def test_inverse_forms_masked_weights_once_and_leaves_none_behind():
+    """The D-pass inverse reuses W ⊙ M formed on entry; afterwards every MaskedLinear forms it
+    afresh, so a training step after sampling sees the weights as they are then."""
+    torch.manual_seed(0)
+    layer = MaskedAutoregressive(5, Affine, hidden_features=8)
+    perturb_parameters(layer, 0.3, seed=1)
+    x = torch.randn(4, 5)
+    z, _ = layer(x)
+    back, _ = layer.inverse(z)
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        layer.made.output.weight.add_(0.5)
+    masked = [m for m in layer.modules() if isinstance(m, MaskedLinear)]
+    assert all(m._masked is None for m in masked)
+    expected = torch.nn.functional.linear(
+        layer.made.hidden(x), layer.made.output.weight * layer.made.output.mask,
+        layer.made.output.bias,
+    )  # fmt: skip
+    torch.testing.assert_close(layer.made(x), expected)
