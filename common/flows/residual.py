@@ -27,7 +27,6 @@ iteration, the weight scaled by c/σ̂ only where σ̂ > c) and 1-Lipschitz acti
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -350,8 +349,3 @@ class _ImplicitSolve(torch.autograd.Function):
             if converged:
                 break
         return a, None, None, None
-
-
-def lipschitz_bound_ok(coeff: float) -> bool:
-    """i-ResNet needs c < 1 for the inverse to converge and the series to hold."""
-    return 0 < coeff < 1 and math.isfinite(coeff)
