@@ -137,6 +137,11 @@ class TrainConfig(TrainBase):
         "running averages, or the mean and variance over the whole training set, set before "
         "the test (the MAF authors' protocol); validation uses the running averages",
     )  # fmt: skip
+    eval_ldj: Literal["model", "exact"] = Field(
+        "model", description="the ldj of layers that estimate it (i-ResNet's blocks) at "
+        "validation and test: the model's estimate, or the exact value (dense Jacobian: small "
+        "D only), in which case the test also reports the estimate as test/nll_estimate",
+    )  # fmt: skip
 
 
 class DiagonalGaussianModel(StrictModel):

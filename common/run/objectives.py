@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from common.data import Dataset, load_dataset
+from common.flows.bijector import exact_ldj
 from common.flows.dequantize import bits_per_dim
 from common.flows.flow import Flow
 from common.flows.image import BatchNorm, set_batch_norm_statistics
@@ -254,9 +255,16 @@ class MaximumLikelihood(Objective):
         bpd = bits_per_dim(-loss.detach(), self.data.num_dims).item()
         return {"train/nll": loss.item(), "train/bpd": bpd}
 
+    def _evaluate(self, model: Flow, split: str, exact: bool | None = None) -> dict[str, float]:
+        """evaluate_nll of a split, with exact ldjs if ``train.eval_ldj`` says so (or
+        ``exact``)."""
+        exact = self.cfg.train.eval_ldj == "exact" if exact is None else exact
+        x, size = getattr(self.data, f"x_{split}"), self.cfg.train.eval_batch_size
+        with exact_ldj(model) if exact else nullcontext():
+            return evaluate_nll(model, x, size, self.device, self.context(split))
+
     def validate(self, model: Flow) -> dict[str, float]:
-        size = self.cfg.train.eval_batch_size
-        return evaluate_nll(model, self.data.x_val, size, self.device, self.context("val"))
+        return self._evaluate(model, "val")
 
     def test(self, model: Flow) -> dict[str, float]:
         """Test metrics of ``model`` (the best-validation one), and its validation metrics,
@@ -269,11 +277,14 @@ class MaximumLikelihood(Objective):
                 y = torch.cat([model.dequantize(c.to(self.device))[0]
                                for c in self.data.x_train.split(size)])  # fmt: skip
             set_batch_norm_statistics(model.transform, y, size, context)
-        test = evaluate_nll(model, self.data.x_test, size, self.device, self.context("test"))
-        val = evaluate_nll(model, self.data.x_val, size, self.device, self.context("val"))
-        return {f"test/{k}": v for k, v in test.items()} | {
+        test, val = self._evaluate(model, "test"), self._evaluate(model, "val")
+        out = {f"test/{k}": v for k, v in test.items()} | {
             f"best_val/{k}": v for k, v in val.items()
         }
+        if self.cfg.train.eval_ldj == "exact":  # the model's own (estimated) score beside it
+            estimate = self._evaluate(model, "test", exact=False)
+            out |= {"test/nll_estimate": estimate["nll"], "test/bpd_estimate": estimate["bpd"]}
+        return out
 
     def figures(self, model, history, test, fig_dir, title) -> list[FigureRecord]:
         records, data, tc = [self._curves(history, fig_dir, title)], self.data, self.cfg.train

@@ -1,0 +1,22 @@
+"""``python -m papers.iresnet.train --config papers/iresnet/configs/smoke/moons_iresnet.yaml``"""
+
+from __future__ import annotations
+
+from common.run.cli import run_cli
+from common.run.config import DiagonalGaussianModel, RunConfig, model_union
+from papers.iresnet.model import IResNetModel, build_model
+
+
+class IResNetConfig(RunConfig):
+    model: model_union(IResNetModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+
+
+CONFIG = IResNetConfig  # the config class of this paper's experiments (found by the tests)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(IResNetConfig, build_model, argv, paper="iresnet")
+
+
+if __name__ == "__main__":
+    main()
