@@ -19,24 +19,21 @@ the unbiased estimator's is not.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from common.files import write_atomic
 from common.flows.bijector import exact_ldj
 from common.flows.residual import (
     ResidualBlock,
     SpectralNormLinear,
     converge_spectral_norms,
 )
+from common.run.reports.measurements import measurement_cli
 
 __all__ = ["PROFILES", "main", "measure"]
 
@@ -194,14 +191,7 @@ def measure(profile: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m papers.iresnet.estimators",
-                                     description=__doc__)  # fmt: skip
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--out", type=Path, required=True, help="the measurement's JSON file")
-    args = parser.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, json.dumps(measure(args.profile), indent=1))
-    print(f"wrote {args.out}")
+    measurement_cli("papers.iresnet.estimators", __doc__, list(PROFILES), measure, argv)
 
 
 if __name__ == "__main__":

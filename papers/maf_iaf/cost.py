@@ -15,22 +15,19 @@ one CPU thread, no gradient; the median of a few repeats after a warm-up call.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
-from common.files import write_atomic
 from common.flows.autoregressive import InverseAutoregressive, MaskedAutoregressive
 from common.flows.bijector import Compose
 from common.flows.distributions import StandardNormal
 from common.flows.elementwise import Affine
 from common.flows.flow import Flow
+from common.run.reports.measurements import measurement_cli
 
 __all__ = ["PROFILES", "measure", "main"]
 
@@ -104,13 +101,7 @@ def measure(profile: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m papers.maf_iaf.cost", description=__doc__)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--out", type=Path, required=True, help="the measurement's JSON file")
-    args = parser.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, json.dumps(measure(args.profile), indent=1))
-    print(f"wrote {args.out}")
+    measurement_cli("papers.maf_iaf.cost", __doc__, list(PROFILES), measure, argv)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ measured), a table (``columns``, ``rows``) and optionally ``plot``: ``xlabel``, 
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from common.files import save_figure
+from common.files import save_figure, write_atomic
 from common.run.plotting import plt
 from common.run.reports.runs import table
 
-__all__ = ["measurement_section"]
+__all__ = ["measurement_cli", "measurement_section"]
 
 REQUIRED = ("title", "intro", "environment", "columns", "rows")
 
@@ -55,3 +57,19 @@ def measurement_section(path: Path, fig_dir: Path, rel: Path) -> list[str]:
         figure = _plot(data["plot"], fig_dir / f"{Path(path).stem}.png", data["title"])
         lines += ["", f"![{data['title']}]({rel / figure.name})", ""]
     return lines
+
+
+def measurement_cli(
+    module: str, doc: str, profiles: list[str], measure: Callable[[str], dict],
+    argv: list[str] | None = None,
+) -> Path:  # fmt: skip
+    """The command line of a measurement module: ``python -m <module> --profile P --out F``
+    writes ``measure(P)`` (a dict in the format above) to ``F`` as JSON, atomically."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
+    parser.add_argument("--profile", choices=sorted(profiles), default="cpu")
+    parser.add_argument("--out", type=Path, required=True, help="the measurement's JSON file")
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out, json.dumps(measure(args.profile), indent=1))
+    print(f"wrote {args.out}")
+    return args.out
