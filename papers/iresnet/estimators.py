@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import platform
-import statistics
 import time
 
 import torch
@@ -186,7 +185,6 @@ def measure(profile: str) -> dict:
         },  # fmt: skip
         "exact": exact,
         "results": results,
-        "median_seconds": statistics.median(r["seconds"] for r in results.values()),
     }
 
 

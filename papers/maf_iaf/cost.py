@@ -18,7 +18,6 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from functools import partial
 
 import torch
 
@@ -42,7 +41,7 @@ PROFILES = {
 def _flow(kind: str, dims: int, hidden: int) -> tuple[Flow, list[int]]:
     """A one-layer MAF or IAF on ``dims`` features and a counter of its MADE passes."""
     layer_cls = MaskedAutoregressive if kind == "MAF" else InverseAutoregressive
-    layer = layer_cls(dims, partial(Affine), hidden_features=hidden, num_hidden=2)
+    layer = layer_cls(dims, Affine, hidden_features=hidden, num_hidden=2)
     made = layer.made if kind == "MAF" else layer.bijector.made
     torch.nn.init.normal_(made.output.weight, std=0.01)  # not the identity a zero init gives
     calls = [0]
