@@ -178,3 +178,12 @@ def test_index_budget_sentence_says_whether_runs_converged():
     assert _budget_sentence(fixed).startswith("Fixed training budget: 3,000 steps")
     different = [entry("a", max_steps=3000), entry("b", max_steps=1000)]
     assert "budgets differ" in _budget_sentence(different)
+    # one flow trained otherwise than the rest: the shared budget described, the other named
+    shared = dict(max_steps=20000, patience=20)
+    one_off = [entry("a", **shared), entry("b", **shared),
+               entry("c", False, max_steps=1500, patience=20)]  # fmt: skip
+    sentence = _budget_sentence(one_off)
+    assert "at most 20,000 steps" in sentence
+    assert "**except `c`** (max_steps 1,500: its budget at this profile)" in sentence
+    assert "**`c` reached the step cap on some seed**" in sentence
+    assert "except `a`" not in sentence and "except `b`" not in sentence

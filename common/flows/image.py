@@ -4,7 +4,9 @@ RealNVP (Dinh, Sohl-Dickstein & Bengio 2017, arXiv:1605.08803) and Glow (Kingma 
 
 - :class:`Squeeze`: space to channels, ``(C, H, W) → (4C, H/2, W/2)``;
 - :class:`ActNorm`, :class:`InvertibleConv1x1` (plain or LU), :class:`BatchNorm`;
-- :class:`Split`: the multi-scale factor-out, with a fixed or a learned conditional prior.
+- :class:`Split`: the multi-scale factor-out, with a fixed or a learned conditional prior;
+- :func:`multi_scale`: the arrangement of levels (squeeze → steps → split) that Glow, the
+  multi-scale i-ResNet and FFJORD's image model share.
 
 Every layer follows the contract of :mod:`common.flows.bijector` (data → latent, ``ldj`` of shape
 ``(B,)`` summed over channels *and* positions) and passes ``common.flows.testing.check_bijector``.
@@ -12,6 +14,7 @@ Every layer follows the contract of :mod:`common.flows.bijector` (data → laten
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -24,6 +27,7 @@ from common.flows.bijector import (
     per_channel,
     sum_except_batch,
 )
+from common.flows.layers import ElementwiseAffine, Reshape
 from common.flows.logdet import LUParametrization
 from common.flows.nets import ZeroConv2d
 
@@ -33,6 +37,7 @@ __all__ = [
     "InvertibleConv1x1",
     "Split",
     "Squeeze",
+    "multi_scale",
     "set_batch_norm_statistics",
 ]
 
@@ -317,3 +322,42 @@ class Split(Bijector):
         mu, log_sigma = self._prior(x1)
         x2 = mu + log_sigma.exp() * z[:, d:].reshape(-1, *self.half_shape)
         return torch.cat([x1, x2], dim=1), ldj + sum_except_batch(log_sigma)
+
+
+Shape = tuple[int, int, int]
+
+
+def multi_scale(
+    shape: Shape,
+    num_levels: int,
+    steps: Callable[[int, Shape], list[Bijector]],
+    split_prior: Literal["fixed", "learned"] = "learned",
+    learn_top: bool = False,
+) -> Bijector:
+    """The multi-scale arrangement (RealNVP Sec. 3.6; Glow Fig. 2b; i-ResNet's density model
+    with strides 1, 2, 2 after an initial squeeze): for levels l = 0 … L−1,
+
+        Squeeze → ``steps(l, (4C, H/2, W/2))`` → Split (all but the last level),
+
+    the split's kept half going on to level l + 1. The last level ends in the learned top
+    prior (``learn_top``: an :class:`ElementwiseAffine` over its shape) and a flatten.
+    ``steps`` builds one level's layers for its (squeezed) shape. Each level's steps are built
+    before the levels inside it (the order the weights draw from the random generator).
+
+    Shapes ``(B, C, H, W) → (B, C·H·W)``; H and W divisible by 2^L."""
+    C, H, W = shape
+    if H % 2**num_levels or W % 2**num_levels:
+        raise ValueError(f"{num_levels} levels need H and W divisible by {2**num_levels}, "
+                         f"got {H}×{W}")  # fmt: skip
+
+    def level(shape: Shape, k: int) -> Bijector:
+        C, H, W = shape
+        squeezed = (4 * C, H // 2, W // 2)
+        layers: list[Bijector] = [Squeeze(), *steps(k, squeezed)]
+        if k == num_levels - 1:
+            top = [ElementwiseAffine(squeezed)] if learn_top else []
+            return Compose(*layers, *top, Reshape(squeezed, (C * H * W,)))
+        inner = level((2 * C, H // 2, W // 2), k + 1)
+        return Compose(*layers, Split(inner, squeezed, prior=split_prior))
+
+    return level((C, H, W), 0)

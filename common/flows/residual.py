@@ -43,6 +43,8 @@ __all__ = [
     "SpectralNormLinear",
     "converge_spectral_norms",
     "lipschitz_constant",
+    "lipschitz_conv_net",
+    "lipschitz_mlp",
 ]
 
 LogDet = Literal["exact", "series", "unbiased"]
@@ -162,6 +164,50 @@ class LipSwish(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(F.softplus(self.raw_beta) * x) / 1.1
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ("lipswish", "elu"):
+        raise ValueError(f"activation must be 'lipswish' or 'elu' (1-Lipschitz), got {name!r}")
+    return LipSwish() if name == "lipswish" else nn.ELU()
+
+
+def lipschitz_mlp(features: int, hidden_features: int, num_hidden: int, coeff: float = 0.9,
+                  n_power_iterations: int = 1, activation: str = "lipswish",
+                  seed: int = 0) -> nn.Sequential:  # fmt: skip
+    """g of a vector block: ``features → [hidden_features] × num_hidden → features``, every
+    linear map spectrally normalised to c and 1-Lipschitz activations between them, so
+    Lip(g) ≤ c^(num_hidden+1) < 1 (i-ResNet's toy and tabular g). ``seed`` seeds the power
+    iteration's start vectors. Shapes ``(B, features) → (B, features)``."""
+    widths = [features] + [hidden_features] * num_hidden + [features]
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        if i:
+            layers.append(_activation(activation))
+        layers.append(
+            SpectralNormLinear(n_in, n_out, coeff, n_power_iterations, seed=seed * 100 + i)
+        )
+    return nn.Sequential(*layers)
+
+
+def lipschitz_conv_net(shape: tuple[int, int, int], hidden_channels: int, coeff: float = 0.9,
+                       n_power_iterations: int = 1, activation: str = "elu",
+                       input_activation: bool = True, seed: int = 0) -> nn.Sequential:  # fmt: skip
+    """g of an image block, i-ResNet's bottleneck: [activation →] conv 3×3 (C → hidden) →
+    activation → conv 1×1 (hidden → hidden) → activation → conv 3×3 (hidden → C), each
+    convolution's operator on maps of ``shape`` = (C, H, W) normalised to c (i-ResNet, Sec. 5;
+    the authors' ``conv_iresnet_block``, whose first block of the flow has no input
+    activation). Shapes ``(B, C, H, W) → (B, C, H, W)``."""
+    C, H, W = shape
+    hidden = hidden_channels
+    convs = [(C, hidden, 3), (hidden, hidden, 1), (hidden, C, 3)]  # (in, out, kernel)
+    layers: list[nn.Module] = [_activation(activation)] if input_activation else []
+    for i, (n_in, n_out, k) in enumerate(convs):
+        if i:
+            layers.append(_activation(activation))
+        layers.append(SpectralNormConv2d(n_in, n_out, k, (n_in, H, W), coeff, n_power_iterations,
+                                         seed=seed * 100 + i))  # fmt: skip
+    return nn.Sequential(*layers)
 
 
 def lipschitz_constant(g: nn.Module, x: Tensor, steps: int = 200) -> float:

@@ -13,11 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.files import save_figure  # noqa: E402
+from common.files import replace_atomically, save_figure  # noqa: E402
 
 __all__ = [
+    "density_grid_2d",
     "save_curves",
     "save_density_2d",
+    "save_density_comparison",
+    "save_density_grid",
     "save_image_grid",
     "save_flat_density",
     "save_sphere_density",
@@ -46,22 +49,40 @@ def save_image_grid(images: torch.Tensor, num_levels: int, path: Path, title: st
 
 
 @torch.no_grad()
-def save_density_2d(model, data: torch.Tensor, path: Path, title: str = "", n: int = 5000) -> Path:
-    """Three panels: data histogram, model density exp(log p) on a grid, model samples."""
-    data = data[:n].cpu().numpy()
+def density_grid_2d(model, data: torch.Tensor, n: int = 200) -> dict[str, np.ndarray]:
+    """The model density exp(log p) on an ``n`` × ``n`` grid covering the data's 0.5–99.5 %
+    range (+ 0.5), and the data's histogram on the same cells: ``x``, ``y`` (``(n,)``, cell
+    centres), ``density`` and ``data`` (``(n, n)``, rows along y). Saved by every 2-D run, so
+    that a report can set several models' densities side by side."""
+    data = data.cpu().numpy()
     lo, hi = np.percentile(data, 0.5, axis=0) - 0.5, np.percentile(data, 99.5, axis=0) + 0.5
-    xs, ys = np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200)
+    xs, ys = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
     gx, gy = np.meshgrid(xs, ys)
     param = next(model.parameters())
     grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=param.dtype).to(param.device)
-    density = model.log_prob(grid).exp().reshape(gx.shape).cpu().numpy()
+    density = model.log_prob(grid).detach().exp().reshape(gx.shape).cpu().numpy()
+    edges = [np.linspace(a - (b - a) / (2 * (n - 1)), b + (b - a) / (2 * (n - 1)), n + 1)
+             for a, b in ((lo[0], hi[0]), (lo[1], hi[1]))]  # fmt: skip
+    hist = np.histogram2d(data[:, 1], data[:, 0], bins=[edges[1], edges[0]])[0]
+    return {"x": xs, "y": ys, "density": density, "data": hist}
+
+
+def save_density_grid(grid: dict[str, np.ndarray], path: Path) -> Path:
+    """``grid`` (:func:`density_grid_2d`) as an ``.npz`` file, atomically."""
+    return replace_atomically(path, lambda tmp: np.savez_compressed(tmp, **grid))
+
+
+@torch.no_grad()
+def save_density_2d(model, data: torch.Tensor, path: Path, title: str = "", n: int = 5000,
+                    grid: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
+    """Three panels: data histogram, model density exp(log p) on a grid (``grid``, or
+    :func:`density_grid_2d` of the model), model samples."""
+    grid = grid if grid is not None else density_grid_2d(model, data)
     samples = model.sample(n).cpu().numpy()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-    bins = [xs, ys]
-    axes[0].hist2d(data[:, 0], data[:, 1], bins=bins, cmap="viridis")
-    axes[0].set_title("data")
-    axes[1].pcolormesh(gx, gy, density, cmap="viridis", shading="auto")
-    axes[1].set_title("model density")
+    _grid_panel(axes[0], grid, grid["data"], "data")
+    _grid_panel(axes[1], grid, grid["density"], "model density")
+    bins = [_edges(grid["x"]), _edges(grid["y"])]
     axes[2].hist2d(samples[:, 0], samples[:, 1], bins=bins, cmap="viridis")
     axes[2].set_title("model samples")
     for ax in axes:
@@ -70,6 +91,44 @@ def save_density_2d(model, data: torch.Tensor, path: Path, title: str = "", n: i
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     save_figure(fig, path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    step = centres[1] - centres[0]
+    return np.concatenate([centres - step / 2, centres[-1:] + step / 2])
+
+
+def _grid_panel(ax, grid: dict[str, np.ndarray], values: np.ndarray, title: str) -> None:
+    ax.pcolormesh(grid["x"], grid["y"], values, cmap="viridis", shading="auto")
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save_density_comparison(
+    rows: list[tuple[str, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]],
+    columns: list[str],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Densities side by side, the layout of the i-ResNet and FFJORD toy figures: one row per
+    dataset (its name, a grid holding its data histogram, and a grid per model label), the
+    data first, then one column per label of ``columns`` (blank where a row lacks it)."""
+    cols = 1 + len(columns)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.3 * len(rows)), squeeze=False)
+    for r, (dataset, data_grid, models) in enumerate(rows):
+        _grid_panel(axes[r, 0], data_grid, data_grid["data"], f"{dataset}: data")
+        for c, label in enumerate(columns, 1):
+            if label in models:
+                _grid_panel(axes[r, c], models[label], models[label]["density"], label)
+            else:
+                axes[r, c].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

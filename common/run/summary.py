@@ -44,9 +44,11 @@ class Budget(StrictModel):
 
 class FigureRecord(StrictModel):
     """A figure the run saved: ``path`` relative to the run's folder (also its MLflow
-    artifact path); ``temperature`` for sample grids drawn at a base temperature."""
+    artifact path); ``temperature`` for sample grids drawn at a base temperature.
+    ``density_grid``: a 2-D model's density on a grid (``.npz``, see
+    :func:`common.run.plotting.density_grid_2d`), for side-by-side figures in reports."""
 
-    kind: Literal["curves", "samples", "density"]
+    kind: Literal["curves", "samples", "density", "density_grid"]
     path: str
     temperature: float | None = None
 

@@ -3,6 +3,10 @@
 - :class:`RealNVPMLPModel`: RealNVP's affine couplings on vectors (Dinh et al. 2017,
   arXiv:1605.08803, Eq. (7), with MLP s/t networks): the RealNVP paper's 2-D toys and the
   "Real NVP (5/10)" baseline of MAF's Table 1 (Papamakarios et al. 2017, Sec. 4).
+- :class:`GlowMLPModel`: Glow's step of flow on vectors (Kingma & Dhariwal 2018,
+  arXiv:1807.03039, Sec. 3: ActNorm → invertible linear map (the 1×1 convolution of a vector)
+  → affine coupling): the Glow rows of the i-ResNet and FFJORD toy comparisons (their 2-D
+  figures set Glow beside their own model).
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ from pydantic import Field
 
 from common.data import Dataset
 from common.flows.bijector import Bijector, Compose
-from common.flows.coupling import Coupling, alternating_mask
+from common.flows.coupling import Coupling, alternating_mask, half_mask
 from common.flows.distributions import StandardNormal
-from common.flows.elementwise import Affine
+from common.flows.elementwise import Affine, SigmoidAffine
 from common.flows.flow import Flow
-from common.flows.image import BatchNorm
+from common.flows.image import ActNorm, BatchNorm
+from common.flows.logdet import LULinear
 from common.flows.nets import MLP
 from common.run.config import ConfigError, StrictModel
 
-__all__ = ["RealNVPMLPModel", "build_realnvp_mlp"]
+__all__ = ["GlowMLPModel", "RealNVPMLPModel", "build_glow_mlp", "build_realnvp_mlp"]
 
 
 class RealNVPMLPModel(StrictModel):
@@ -49,4 +54,32 @@ def build_realnvp_mlp(cfg: RealNVPMLPModel, data: Dataset) -> Flow:
         layers.append(Coupling(alternating_mask(d, parity=k % 2), Affine, mlp))
         if cfg.batch_norm:
             layers.append(BatchNorm(d))
+    return Flow(Compose(*layers), StandardNormal(d))
+
+
+class GlowMLPModel(StrictModel):
+    """Glow on vectors: ``num_steps`` steps of ActNorm (data-dependent init) → LU-parametrised
+    invertible linear map (random rotation init, a seed per step) → affine coupling of the
+    second half of the coordinates on the first, scale sigmoid(h + 2) as in Glow's code, the
+    network an MLP whose output layer starts at zero (so each coupling starts as the fixed
+    scaling σ(2) ≈ 0.88 of the second half)."""
+
+    name: Literal["glow_mlp"] = "glow_mlp"
+    num_steps: int = Field(8, ge=1, description="steps of flow")
+    hidden_features: int = Field(64, gt=0, description="width of each coupling MLP layer")
+    num_hidden: int = Field(2, ge=1, description="hidden layers per coupling MLP")
+
+
+def build_glow_mlp(cfg: GlowMLPModel, data: Dataset) -> Flow:
+    if data.is_image or data.num_levels:
+        raise ConfigError(f"glow_mlp is the model for continuous vectors, not {data.name!r}")
+    d = data.num_dims
+
+    def mlp(n_in: int, n_out: int) -> MLP:
+        return MLP(n_in, n_out, cfg.hidden_features, cfg.num_hidden, zero_init=True)
+
+    layers: list[Bijector] = []
+    for k in range(cfg.num_steps):
+        # the linear map mixes every coordinate, so one fixed split serves every step
+        layers += [ActNorm(d), LULinear(d, seed=k), Coupling(half_mask(d, 0), SigmoidAffine, mlp)]
     return Flow(Compose(*layers), StandardNormal(d))

@@ -33,8 +33,7 @@ from common.flows.dequantize import UniformDequantization
 from common.flows.distributions import StandardNormal
 from common.flows.elementwise import Additive, SigmoidAffine
 from common.flows.flow import Flow
-from common.flows.image import ActNorm, InvertibleConv1x1, Split, Squeeze
-from common.flows.layers import ElementwiseAffine, Reshape
+from common.flows.image import ActNorm, InvertibleConv1x1, multi_scale
 from common.flows.nets import GlowConditioner
 from common.run.baselines import with_baseline
 from common.run.config import ConfigError, StrictModel
@@ -79,21 +78,6 @@ def _step(num_channels: int, cfg: GlowModel) -> list[Bijector]:
     return [ActNorm(num_channels), _permutation(num_channels, cfg.permutation), coupling]
 
 
-def _level(shape: tuple[int, int, int], level: int, cfg: GlowModel) -> Bijector:
-    """Levels ``level`` … L−1 for inputs of ``shape`` = (C, H, W); ends flat."""
-    C, H, W = shape
-    squeezed = (4 * C, H // 2, W // 2)
-    layers: list[Bijector] = [Squeeze()]
-    for _ in range(cfg.steps_per_level):
-        layers += _step(4 * C, cfg)
-    if level == cfg.num_levels - 1:
-        if cfg.learn_top:
-            layers.append(ElementwiseAffine(squeezed))  # learned top prior N(μ, σ²)
-        return Compose(*layers, Reshape(squeezed, (C * H * W,)))
-    inner = _level((2 * C, H // 2, W // 2), level + 1, cfg)
-    return Compose(*layers, Split(inner, squeezed, prior=cfg.split_prior))
-
-
 def build_glow(cfg: GlowModel, data: Dataset) -> Flow:
     if not data.is_image or not data.num_levels:
         raise ConfigError(f"Glow's multi-scale model needs image data, not {data.name!r}")
@@ -102,7 +86,11 @@ def build_glow(cfg: GlowModel, data: Dataset) -> Flow:
     if H % factor or W % factor:
         raise ConfigError(f"model.num_levels={cfg.num_levels} needs H and W divisible by "
                           f"{factor}; {data.name} is {H}×{W}")  # fmt: skip
-    transform = _level((C, H, W), 0, cfg)
+
+    def level(_: int, shape: tuple[int, int, int]) -> list[Bijector]:  # K steps per level
+        return [layer for _ in range(cfg.steps_per_level) for layer in _step(shape[0], cfg)]
+
+    transform = multi_scale((C, H, W), cfg.num_levels, level, cfg.split_prior, cfg.learn_top)
     return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from common.run.cli import run_cli
 from common.run.config import DiagonalGaussianModel, RunConfig, model_union
-from papers.iresnet.model import IResNetModel, build_model
+from common.run.vector_models import GlowMLPModel, RealNVPMLPModel
+from papers.iresnet.model import IResNetModel, MultiScaleIResNetModel, build_model
 
 
 class IResNetConfig(RunConfig):
-    model: model_union(IResNetModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+    model: model_union(
+        IResNetModel, MultiScaleIResNetModel, GlowMLPModel, RealNVPMLPModel, DiagonalGaussianModel
+    )  # type: ignore[valid-type]
 
 
 CONFIG = IResNetConfig  # the config class of this paper's experiments (found by the tests)

@@ -1,20 +1,28 @@
 """The figures of a report: validation curves and the ablation's curves from the MLflow
 histories, the index's bar chart, and the runs' own figures (sample grids, densities),
-copied from the run folders as their summaries list them."""
+copied from the run folders as their summaries list them, and 2-D densities side by side."""
 
 from __future__ import annotations
 
 import shutil
 import statistics
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from common.files import save_figure
-from common.run.plotting import plt
+from common.run.plotting import plt, save_density_comparison
 from common.run.reports.runs import Group, table
 
-__all__ = ["ablation_figure", "curves_figure", "density_figure", "index_figure", "sample_figures"]
+__all__ = [
+    "ablation_figure",
+    "curves_figure",
+    "density_comparison",
+    "density_figure",
+    "index_figure",
+    "sample_figures",
+]
 
 
 def _history(client, run_id: str, metric: str) -> dict[int, float]:
@@ -141,5 +149,38 @@ def density_figure(g: Group, fig_dir: Path, rel: Path) -> list[str]:
         f"`{g.experiment}` (seed {g.first.seed}): target and model densities",
         "",
         f"![{g.experiment} density]({rel / target.name})",
+        "",
+    ]
+
+
+def density_comparison(groups: list[Group], fig_dir: Path, rel: Path) -> list[str]:
+    """The first seed's 2-D densities (``density_grid`` figures) side by side: a row per
+    dataset with two or more such models, a column per model (the experiment's name without
+    its dataset prefix), the data histogram first. Empty if no dataset has two."""
+    by_dataset: dict[str, dict[str, dict]] = defaultdict(dict)
+    for g in sorted(groups, key=lambda g: g.experiment):
+        record = g.first.figure("density_grid")
+        if record is None:
+            continue
+        source = g.runs[0].folder / record.path
+        if not source.exists():
+            raise FileNotFoundError(f"{source} is listed in its run's metrics.json but missing")
+        with np.load(source) as f:
+            grid = {k: f[k] for k in f.files}
+        label = g.experiment.removeprefix(f"{g.dataset}_")
+        by_dataset[g.dataset][label] = grid
+    rows = [(d, next(iter(m.values())), m) for d, m in sorted(by_dataset.items()) if len(m) > 1]
+    if not rows:
+        return []
+    columns = sorted({label for _, _, models in rows for label in models})
+    path = save_density_comparison(rows, columns, fig_dir / "densities_2d.png")
+    return [
+        "",
+        "## 2-D densities side by side",
+        "",
+        "Each model's density exp(log p) on a grid (first seed; exact log-det where the run "
+        "is scored exactly), beside the test data's histogram:",
+        "",
+        f"![2-D densities]({rel / path.name})",
         "",
     ]

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from common.files import write_atomic
@@ -12,7 +12,7 @@ from common.run.reports.figures import index_figure
 from common.run.reports.meta import load_paper_meta
 from common.run.reports.paper import provenance_lines, reproduce_command
 from common.run.reports.runs import Group, fmt, load_groups, table
-from common.run.summary import RunSummary
+from common.run.summary import Budget, RunSummary
 
 __all__ = ["generate_index"]
 
@@ -38,25 +38,38 @@ def _papers_table(papers: list[str], report_dir: Path, profile: str) -> list[str
 def _budget_sentence(entries: list[tuple[str, str, Group]]) -> str:
     """How the flows were trained, and whether the table compares converged models: with
     early stopping every run that stopped before the step cap had stopped improving; a run
-    that reached the cap may still have been improving, and is named."""
+    that reached the cap may still have been improving, and is named. The budget most flows
+    share is described; a flow trained otherwise is named with what differs."""
     flows = [g for _, _, g in entries if g.model != "diagonal_gaussian"]
-    budgets = {g.first.budget for g in flows}
-    if len(budgets) != 1:
+    shared, n = Counter(g.first.budget.model_dump_json() for g in flows).most_common(1)[0]
+    if n == 1 and len(flows) > 1:
         return "**The training budgets differ** (see the max steps column)"
-    b = next(iter(budgets))
+    b = Budget.model_validate_json(shared)
     common = (
         f"{b.optimizer} (lr {b.lr:g}), batch {b.batch_size}, validation every {b.eval_every} steps"
     )
     if b.patience is None:
-        return (
+        sentence = (
             f"Fixed training budget: {b.max_steps:,} steps for every flow, {common}; a "
             "comparison at this budget, not of converged models"
         )
+    else:
+        sentence = (
+            f"Every flow trained until {b.patience} validations in a row brought no "
+            f"improvement ({common}, at most {b.max_steps:,} steps)"
+        )
+    for g in flows:
+        other = g.first.budget
+        if other != b:
+            diff = ", ".join(
+                f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                for k, v in other.model_dump().items()
+                if getattr(b, k) != v
+            )
+            sentence += f", **except `{g.experiment}`** ({diff}: its budget at this profile)"
     capped = [g.experiment for g in flows if not all(r.summary.stopped_early for r in g.runs)]
-    sentence = (
-        f"Every flow trained until {b.patience} validations in a row brought no improvement "
-        f"({common}, at most {b.max_steps:,} steps)"
-    )
+    if b.patience is None:
+        return sentence
     if capped:
         names = ", ".join(f"`{e}`" for e in capped)
         return sentence + f"; **{names} reached the step cap on some seed**, still improving"

@@ -15,7 +15,12 @@ from common.run.reports.compare import (
     goal_verdict,
     verdict_vs_baseline,
 )
-from common.run.reports.figures import curves_figure, density_figure, sample_figures
+from common.run.reports.figures import (
+    curves_figure,
+    density_comparison,
+    density_figure,
+    sample_figures,
+)
 from common.run.reports.measurements import measurement_section
 from common.run.reports.meta import load_paper_meta
 from common.run.reports.runs import Group, fmt, load_groups, table
@@ -258,7 +263,8 @@ def claims_section(meta: dict, groups: dict[str, Group], paper: str, profile: st
     ]
     rows = [_claim_row(c, groups, paper, profile) for c in meta["claims"]]
     header = ["source", "dataset", "paper", "ours", "scale", "compute", "verdict"]
-    return lines + table(header, rows)
+    notes = [f"- {c['table']}, {c['dataset']}: {c['note']}." for c in meta["claims"] if "note" in c]
+    return lines + table(header, rows) + (["", "Notes:", "", *notes] if notes else [])
 
 
 def generate_report(
@@ -314,6 +320,7 @@ def generate_report(
 
     for path in measurements:
         lines += measurement_section(path, fig_dir, rel)
+    lines += density_comparison(list(groups.values()), fig_dir, rel)
 
     lines += ["", "## Figures", ""]
     for dataset, gs in sorted(by_dataset.items()):
