@@ -13,7 +13,13 @@ Rows (issue 9, section 4):
   between layers), each a MADE 16 → 64 → 64 → 32 (ReLU, sequential degrees), batch 1024;
   sampling is MAF's slow direction (D passes per layer);
 - ``glow_steps``: K = 4 Glow steps (ActNorm → 1×1 convolution → affine coupling whose network
-  is conv3×3 → ReLU → conv1×1 → ReLU → conv3×3, width 64) on ``(32, 12, 16, 16)``.
+  is conv3×3 → ReLU → conv1×1 → ReLU → conv3×3, width 64) on ``(32, 12, 16, 16)``;
+- ``iresnet_vectors`` (issue 13): D = 16, 4 residual blocks x + g(x), g = 16 → 64 → 64 → 16
+  with every linear map spectrally normalised to c = 0.9 (one power iteration per training
+  step), the log-det by the 5-term power series with one Hutchinson probe, batch 1024;
+  sampling is the inverse, a fixed-point iteration per block;
+- ``iresnet_conv`` (issue 13): the same blocks on ``(32, 12, 16, 16)``, g = conv3×3 → conv1×1 →
+  conv3×3 of width 64 (i-ResNet's bottleneck), the convolutions' operators normalised.
 
 Where a peer lacks a layer, the closest it has is used and the report says so: FrEIA has no
 learned 1×1 convolution (its Glow-style ``AllInOneBlock`` mixes channels with a fixed random
@@ -53,6 +59,12 @@ class Subject:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
 
+    @property
+    def num_weights(self) -> int:
+        """Parameters other than scalars (the peers' learned activation slopes and estimator
+        settings): what a matched row must share."""
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad and p.numel() > 1)
+
 
 @dataclass
 class Row:
@@ -61,7 +73,8 @@ class Row:
     batch: int
     make_input: Callable[[], Tensor]
     builders: dict[str, Callable[[], Subject]]
-    # how `train.compile` is best set for this model (common.run.config.TrainBase.compile_mode)
+    # how `train.compile` is best set for this model (common.run.config.TrainBase.compile_mode);
+    # "none": not compiled (a log-det by autograd inside the forward pass does not compile)
     compile_mode: str = "graph"
     # passes of each conditioner network a sample takes (D for an autoregressive flow), so that
     # "ours: conditioners only" times the networks' share of sampling
@@ -337,6 +350,111 @@ def freia_glow() -> Subject:
     return _freia_subject(inn, IMAGE_SHAPE, note + "after the coupling")
 
 
+# --- iresnet_vectors, iresnet_conv -------------------------------------------------------------
+
+IRES_BLOCKS, IRES_COEFF, IRES_TERMS, IRES_TOL = 4, 0.9, 5, 1e-5
+
+
+def _ours_iresnet(shape: tuple[int, ...], g: Callable[[int], nn.Module], batch: int) -> Subject:
+    from common.flows.bijector import Compose
+    from common.flows.distributions import StandardNormal
+    from common.flows.flow import Flow
+    from common.flows.residual import ResidualBlock
+
+    blocks = [ResidualBlock(g(k), logdet="series", n_terms=IRES_TERMS, n_probes=1, tol=IRES_TOL)
+              for k in range(IRES_BLOCKS)]  # fmt: skip
+    flow = Flow(Compose(*blocks), StandardNormal(shape))
+    nets = [(b.g, torch.randn(batch, *shape, requires_grad=True)) for b in blocks]
+    return Subject(flow, flow.log_prob, lambda n: flow.sample(n), conditioners=nets)
+
+
+def ours_iresnet_vectors() -> Subject:
+    from common.flows.residual import lipschitz_mlp
+
+    def g(k: int) -> nn.Module:
+        return lipschitz_mlp(D, HIDDEN, 2, IRES_COEFF, 1, "elu", seed=k)
+
+    return _ours_iresnet((D,), g, VECTOR_BATCH)
+
+
+def ours_iresnet_conv() -> Subject:
+    from common.flows.residual import lipschitz_conv_net
+
+    def g(k: int) -> nn.Module:
+        return lipschitz_conv_net(IMAGE_SHAPE, WIDTH, IRES_COEFF, 1, "elu", False, seed=k)
+
+    return _ours_iresnet(IMAGE_SHAPE, g, IMAGE_BATCH)
+
+
+def _normflows_iresnet(shape: tuple[int, ...], net: Callable[[], nn.Module]) -> Subject:
+    import normflows as nf
+
+    flows = [nf.flows.Residual(net(), reverse=True, n_power_series=IRES_TERMS)
+             for _ in range(IRES_BLOCKS)]  # fmt: skip
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(shape, trainable=False), flows)
+    note = ("LipSwish activations (its Lipschitz networks' only choice); the 5-term series "
+            "(`n_power_series=5`) with its memory-saving Neumann-series gradient")  # fmt: skip
+    return Subject(model, model.log_prob, lambda n: model.sample(n)[0], note=note)
+
+
+def normflows_iresnet_vectors() -> Subject:
+    import normflows as nf
+
+    def net() -> nn.Module:
+        return nf.nets.LipschitzMLP([D, HIDDEN, HIDDEN, D], lipschitz_const=IRES_COEFF,
+                                    max_lipschitz_iter=1, init_zeros=False)  # fmt: skip
+
+    return _normflows_iresnet((D,), net)
+
+
+def normflows_iresnet_conv() -> Subject:
+    import normflows as nf
+
+    C = IMAGE_SHAPE[0]
+
+    def net() -> nn.Module:
+        return nf.nets.LipschitzCNN([C, WIDTH, WIDTH, C], [3, 1, 3], lipschitz_const=IRES_COEFF,
+                                    max_lipschitz_iter=1, init_zeros=False)  # fmt: skip
+
+    return _normflows_iresnet(IMAGE_SHAPE, net)
+
+
+def _freia_iresnet(shape: tuple[int, ...], note: str) -> Subject:
+    import FrEIA.framework as Ff
+    import FrEIA.modules as Fm
+
+    inn = Ff.SequenceINN(*shape)
+    for _ in range(IRES_BLOCKS):
+        inn.append(Fm.IResNetLayer, internal_size=WIDTH if len(shape) > 1 else HIDDEN,
+                   n_internal_layers=1, jacobian_iterations=IRES_TERMS, hutchinson_samples=1,
+                   spectral_norm_max=IRES_COEFF)  # fmt: skip
+    for block in inn.module_list:
+        block.lipschitz_correction()  # FrEIA normalises out of band, when called
+    note = ("its log-det's vector-Jacobian products are taken without a graph, so the "
+            "training step does not differentiate the log-det (cheaper, and not the "
+            "gradient of the log-likelihood); spectral normalisation only when "
+            "`lipschitz_correction()` is called (once here, not per step); inverse: a fixed "
+            "50 iterations, without the log-det (`jac=False`); " + note)  # fmt: skip
+    subject = _freia_subject(inn, shape, note)
+
+    def sample(n: int) -> Tensor:  # its SequenceINN cannot skip the log-det: the blocks can
+        x = torch.randn(n, *shape)
+        for block in reversed(inn.module_list):
+            x = block([x], rev=True, jac=False)[0][0]
+        return x
+
+    subject.sample = sample
+    return subject
+
+
+def freia_iresnet_vectors() -> Subject:
+    return _freia_iresnet((D,), "ELU")
+
+
+def freia_iresnet_conv() -> Subject:
+    return _freia_iresnet(IMAGE_SHAPE, "ELU; every internal convolution 3×3 (more weights)")
+
+
 ROWS = [
     Row(
         "maf_vectors",
@@ -371,5 +489,29 @@ ROWS = [
             "FrEIA": freia_glow,
         },
         compile_mode="loss",
+    ),
+    Row(
+        "iresnet_vectors",
+        "i-ResNet blocks on vectors (D = 16, 4 blocks, g 2 × 64, 5-term series)",
+        VECTOR_BATCH,
+        lambda: torch.randn(VECTOR_BATCH, D),
+        {
+            "ours": ours_iresnet_vectors,
+            "normflows": normflows_iresnet_vectors,
+            "FrEIA": freia_iresnet_vectors,
+        },
+        compile_mode="none",
+    ),
+    Row(
+        "iresnet_conv",
+        "i-ResNet blocks on (32, 12, 16, 16) (4 blocks, g conv 3-1-3 of width 64, 5 terms)",
+        IMAGE_BATCH,
+        lambda: torch.randn(IMAGE_BATCH, *IMAGE_SHAPE),
+        {
+            "ours": ours_iresnet_conv,
+            "normflows": normflows_iresnet_conv,
+            "FrEIA": freia_iresnet_conv,
+        },
+        compile_mode="none",
     ),
 ]

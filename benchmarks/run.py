@@ -139,7 +139,9 @@ def bench_row(
     for s in subjects.values():  # data-dependent inits (ActNorm) happen in training mode
         s.module.train()
         s.log_prob(x)
-    if compile_ours and "ours" in subjects:  # what `train.compile: true` does in the trainer
+    if (
+        compile_ours and "ours" in subjects and row.compile_mode != "none"
+    ):  # what `train.compile: true` does in the trainer
         ours = subjects["ours"]
         subjects[COMPILED] = Subject(ours.module, torch.compile(ours.log_prob),
                                      torch.compile(ours.sample), note=ours.note)  # fmt: skip

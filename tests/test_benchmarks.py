@@ -48,11 +48,12 @@ def test_a_tiny_run_writes_the_report(tmp_path):
     "row", [r for r in ROWS if r.name.endswith("_vectors")], ids=lambda r: r.name
 )
 def test_vector_rows_are_matched_in_parameter_count(row):
-    """The peers' models of a vector row have exactly our parameter count (peers that are not
+    """The peers' models of a vector row have exactly our weights (scalar parameters apart:
+    normflows' learned activation slopes and estimator settings; peers that are not
     installed, the usual case outside `make bench`, are skipped)."""
     counts = {}
     for lib, build in row.builders.items():
         if lib != "ours" and importlib.util.find_spec(lib) is None:
             continue
-        counts[lib] = build().num_params
+        counts[lib] = build().num_weights
     assert len(set(counts.values())) == 1, counts

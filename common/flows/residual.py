@@ -12,7 +12,9 @@ since the eigenvalues of J_g lie in the unit disc. Three ways to compute it (``l
   tests, and ``check_bijector``'s exact mode);
 - ``"series"``: i-ResNet's estimate, the series truncated after ``n_terms`` terms, each trace by
   Hutchinson's estimator vᵀJ^k v (``n_probes`` probes, Gaussian or Rademacher): **biased**, the
-  truncation drops terms of size O(Lip^{n+1}/(n+1));
+  truncation drops terms of size O(Lip^{n+1}/(n+1)); its gradient by the Neumann form below,
+  truncated alike: in expectation the derivative of the truncated series, as i-ResNet trains
+  it, with one graph instead of n;
 - ``"unbiased"``: Residual Flows' Russian-roulette estimator: N ~ Geometric(p) terms beyond
   ``n_exact_terms``, each term divided by P(N ≥ k), so that the expectation is the whole series;
   its gradient by the Neumann series (Residual Flows, Eq. (8)):
@@ -287,25 +289,24 @@ class ResidualBlock(Bijector):
         return logabsdet(torch.eye(D, dtype=x.dtype, device=x.device) + J)
 
     def _series(self, gx: Tensor, x: Tensor) -> Tensor:
-        """i-ResNet: Σ_{k=1}^{n} (−1)^{k+1} vᵀJ^k v / k, averaged over the probes; the graph is
-        kept when training (the estimate is differentiated directly)."""
-        create = torch.is_grad_enabled() and self.training
-        total = x.new_zeros(x.shape[0])
-        for _ in range(self.n_probes):
-            v = self._probe(gx)
-            w = v
-            for k in range(1, self.n_terms + 1):
-                w = self._vjp(gx, x, w, create_graph=create)  # wᵀ = vᵀ J^k
-                total = total + (-1) ** (k + 1) / k * (w * v).flatten(1).sum(1)
-        return total / self.n_probes
+        """i-ResNet: Σ_{k=1}^{n} (−1)^{k+1} vᵀJ^k v / k, averaged over the probes."""
+        return self._power_series(gx, x, self.n_terms, lambda k: 1.0)
 
     def _unbiased(self, gx: Tensor, x: Tensor) -> Tensor:
-        """Residual Flows: Russian roulette over the series, Neumann-series gradient."""
+        """Residual Flows: Russian roulette over the series (N ~ n_exact_terms + Geometric)."""
         n = self.n_exact_terms + int(torch.distributions.Geometric(self.geom_p).sample())
 
         def survive(k: int) -> float:  # P(N ≥ k): the first n_exact_terms terms always run
             return 1.0 if k <= self.n_exact_terms else (1 - self.geom_p) ** (k - self.n_exact_terms)
 
+        return self._power_series(gx, x, n, survive)
+
+    def _power_series(self, gx: Tensor, x: Tensor, n: int, survive) -> Tensor:
+        """Σ_{k=1}^{n} (−1)^{k+1} vᵀJ^k v / (k · P(N ≥ k)), the VJPs taken without a graph;
+        its gradient (w.r.t. the parameters and x) by the Neumann-series surrogate
+        (Σ_{k=0}^{n−1} (−1)^k vᵀJ^k / P(N ≥ k + 1)) (∂J) v, which has the expectation of the
+        estimate's own derivative: by the cyclic trace, ∂ tr(J^k)/k = tr(J^{k−1} ∂J). One VJP
+        with a graph instead of n (Residual Flows, Sec. 3.2)."""
         value = x.new_zeros(x.shape[0])
         surrogate = x.new_zeros(x.shape[0])
         for _ in range(self.n_probes):
@@ -318,8 +319,7 @@ class ResidualBlock(Bijector):
                     if k < n:  # Σ_{k=0}^{n-1} (−1)^k vᵀ J^k / P(N ≥ k + 1)
                         neumann = neumann + (-1) ** k / survive(k + 1) * w
             if torch.is_grad_enabled() and self.training:
-                # ∂/∂θ of Σ_k (−1)^{k+1}/k E[vᵀJ^k v]: (Σ_k (−1)^k vᵀJ^k)(∂J/∂θ)v
-                jv = self._vjp(gx, x, neumann.detach(), create_graph=True)
+                jv = self._vjp(gx, x, neumann.detach(), create_graph=True)  # (Σ …)ᵀ J
                 surrogate = surrogate + (jv * v).flatten(1).sum(1)
         value, surrogate = value / self.n_probes, surrogate / self.n_probes
         return value + surrogate - surrogate.detach()

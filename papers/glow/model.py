@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from common.data import Dataset
-from common.flows.bijector import Bijector, Compose, Permutation, Reverse
+from common.flows.bijector import Bijector, Permutation, Reverse
 from common.flows.coupling import ImageCoupling
 from common.flows.dequantize import UniformDequantization
 from common.flows.distributions import StandardNormal
