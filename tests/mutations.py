@@ -81,6 +81,18 @@ MUTATIONS = [
              'layer_cls = MaskedAutoregressive if kind == "MAF" else InverseAutoregressive',
              'layer_cls = MaskedAutoregressive if kind == "IAF" else InverseAutoregressive',
              ("tests/test_maf_iaf.py::test_cost_counts_one_pass_for_the_fast_direction_and_d_for_the_slow",)),
+    Mutation("series gradient: one Neumann term too many", "common/flows/residual.py",
+             "if k < n:  # Σ_{k=0}^{n-1}", "if k <= n:  # Σ_{k=0}^{n-1}",
+             ("tests/test_residual.py::"
+              "test_series_gradient_is_unbiased_for_the_truncated_series_gradient",)),
+    Mutation("multi-scale i-ResNet: an input activation on the first block",
+             "papers/iresnet/model.py",
+             "input_activation=k + b > 0,", "input_activation=True,",
+             ("tests/test_iresnet.py::test_multi_scale_model_passes_the_check",)),
+    Mutation("index: the flows with the shared budget named as exceptions",
+             "common/run/reports/index.py",
+             "        if other != b:", "        if other == b:",
+             ("tests/test_reports.py::test_index_budget_sentence_says_whether_runs_converged",)),
 ]  # fmt: skip
 
 
