@@ -41,14 +41,24 @@ class RealNVPMLPModel(StrictModel):
     batch_norm: bool = Field(True, description="BatchNorm bijector after each coupling")
 
 
-def build_realnvp_mlp(cfg: RealNVPMLPModel, data: Dataset) -> Flow:
+def _num_features(model: str, data: Dataset) -> int:
     if data.is_image or data.num_levels:
-        raise ConfigError(f"realnvp_mlp is the model for continuous vectors, not {data.name!r}")
-    d = data.num_dims
+        raise ConfigError(f"{model} is the model for continuous vectors, not {data.name!r}")
+    return data.num_dims
+
+
+def _coupling_mlp(hidden_features: int, num_hidden: int):
+    """A coupling's network factory: MLPs whose output layer starts at zero."""
 
     def mlp(n_in: int, n_out: int) -> MLP:
-        return MLP(n_in, n_out, cfg.hidden_features, cfg.num_hidden, zero_init=True)
+        return MLP(n_in, n_out, hidden_features, num_hidden, zero_init=True)
 
+    return mlp
+
+
+def build_realnvp_mlp(cfg: RealNVPMLPModel, data: Dataset) -> Flow:
+    d = _num_features("realnvp_mlp", data)
+    mlp = _coupling_mlp(cfg.hidden_features, cfg.num_hidden)
     layers: list[Bijector] = []
     for k in range(cfg.num_couplings):
         layers.append(Coupling(alternating_mask(d, parity=k % 2), Affine, mlp))
@@ -71,13 +81,8 @@ class GlowMLPModel(StrictModel):
 
 
 def build_glow_mlp(cfg: GlowMLPModel, data: Dataset) -> Flow:
-    if data.is_image or data.num_levels:
-        raise ConfigError(f"glow_mlp is the model for continuous vectors, not {data.name!r}")
-    d = data.num_dims
-
-    def mlp(n_in: int, n_out: int) -> MLP:
-        return MLP(n_in, n_out, cfg.hidden_features, cfg.num_hidden, zero_init=True)
-
+    d = _num_features("glow_mlp", data)
+    mlp = _coupling_mlp(cfg.hidden_features, cfg.num_hidden)
     layers: list[Bijector] = []
     for k in range(cfg.num_steps):
         # the linear map mixes every coordinate, so one fixed split serves every step
