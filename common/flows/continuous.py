@@ -1,0 +1,231 @@
+"""Continuous normalizing flows (Chen et al. 2018, "Neural ODEs", arXiv:1806.07366) with
+FFJORD's free-form dynamics and stochastic trace (Grathwohl et al. 2019, arXiv:1810.01367),
+solved by torchdiffeq.
+
+The map x ↦ z is the solution at time T of dz/dt = f(t, z), z(0) = x. The instantaneous change
+of variables (Neural ODEs, Thm. 1) gives
+
+    d/dt log |det ∂z(t)/∂x| = tr(∂f/∂z(t)),      so      ldj = ∫₀ᵀ tr(∂f/∂z(t)) dt,
+
+integrated beside z as a second state. The trace is computed (``divergence``)
+
+- ``"exact"``: Σᵢ ∂fᵢ/∂zᵢ from D vector-Jacobian products (small D);
+- ``"hutchinson"``: εᵀ(∂f/∂z)ε with one ε (Gaussian or Rademacher) drawn per solve and kept
+  fixed through it (FFJORD, Sec. 3.1): an unbiased estimate of the log-det, from one VJP.
+
+The integration time T is trainable (FFJORD's ``train_T``): the solver runs over s ∈ [0, 1]
+with the dynamics T·f(sT, z), so T is an ordinary parameter of the dynamics, for backprop
+through the solver and for the adjoint method (``adjoint=True``: ``odeint_adjoint``, memory
+independent of the number of steps) alike. The number of function evaluations (NFE) of the
+last forward solve and of the backward pass are counted.
+
+Dynamics networks (:class:`ODENet`): stacks of FFJORD's layer types, ``concat`` (t appended
+to the input), ``concatsquash`` ((Wx + b)·σ(W_g t + b_g) + W_b t) and ``ignore`` (t unused),
+with tanh or softplus between layers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.flows.bijector import Bijector
+
+__all__ = ["CNF", "ODENet"]
+
+LayerType = Literal["concat", "concatsquash", "ignore"]
+
+
+class _ConcatLinear(nn.Module):
+    """y = W [x, t] + b."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in + 1, n_out)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.linear(torch.cat([x, t.expand(x.shape[0], 1)], dim=1))
+
+
+class _ConcatSquashLinear(nn.Module):
+    """y = (W x + b) · σ(W_g t + b_g) + W_b t (FFJORD's ``concatsquash``)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.gate = nn.Linear(1, n_out)
+        self.hyper_bias = nn.Linear(1, n_out, bias=False)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        t = t.reshape(1, 1)
+        return self.linear(x) * torch.sigmoid(self.gate(t)) + self.hyper_bias(t)
+
+
+class _IgnoreLinear(nn.Module):
+    """y = W x + b (t unused)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+
+_LAYERS = {"concat": _ConcatLinear, "concatsquash": _ConcatSquashLinear, "ignore": _IgnoreLinear}
+_ACTIVATIONS = {"tanh": torch.tanh, "softplus": F.softplus}
+
+
+class ODENet(nn.Module):
+    """f(t, z): ``features → hidden[0] → … → features``, every layer of ``layer_type``,
+    ``activation`` between layers. Shapes ``t: ()``, ``z: (B, features) → (B, features)``."""
+
+    def __init__(
+        self,
+        features: int,
+        hidden: list[int],
+        layer_type: LayerType = "concatsquash",
+        activation: Literal["tanh", "softplus"] = "tanh",
+    ) -> None:
+        super().__init__()
+        if layer_type not in _LAYERS:
+            raise ValueError(f"layer_type must be one of {sorted(_LAYERS)}, got {layer_type!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
+        widths = [features, *hidden, features]
+        self.layers = nn.ModuleList(
+            _LAYERS[layer_type](a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.activation = _ACTIVATIONS[activation]
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            if i:
+                z = self.activation(z)
+            z = layer(t, z)
+        return z
+
+
+class _Dynamics(nn.Module):
+    """The augmented ODE over s ∈ [0, 1]: d(z, l)/ds = T·(f(sT, z), tr ∂f/∂z), counting its
+    evaluations. ``eps`` is the Hutchinson probe of the current solve (None: exact trace)."""
+
+    def __init__(self, net: nn.Module, T: float, train_T: bool) -> None:
+        super().__init__()
+        self.net = net
+        # T = sqrt_T² > 0, FFJORD's parametrisation of a trainable end time
+        self.sqrt_T = nn.Parameter(torch.tensor(float(T) ** 0.5), requires_grad=train_T)
+        self.eps: Tensor | None = None
+        self.evaluations = 0
+
+    @property
+    def end_time(self) -> Tensor:
+        return self.sqrt_T**2
+
+    def forward(self, s: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        self.evaluations += 1
+        z = state[0]
+        create = torch.is_grad_enabled()  # a graph through the trace only when one is wanted
+        with torch.enable_grad():  # the trace needs ∂f/∂z, evaluation included
+            T = self.end_time
+            # a fresh leaf unless the caller differentiates through z (under no_grad, e.g. in
+            # the adjoint's forward solve, z may require grad yet carry no graph)
+            z_ = z if create and z.requires_grad else z.detach().requires_grad_(True)
+            dz = self.net(s * T, z_)
+            if self.eps is None:
+                div = _exact_divergence(dz, z_, create_graph=create)
+            else:
+                vjp = torch.autograd.grad(dz, z_, self.eps, create_graph=create)[0]
+                div = (vjp * self.eps).sum(1)
+        dz, div = T * dz, T * div
+        if not create:
+            dz, div = dz.detach(), div.detach()
+        return dz, div
+
+
+def _exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> Tensor:
+    """Σᵢ ∂fᵢ/∂zᵢ from D vector-Jacobian products (one per coordinate)."""
+    div = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    for i in range(z.shape[1]):
+        e = torch.zeros_like(dz)
+        e[:, i] = 1
+        vjp = torch.autograd.grad(dz, z, e, create_graph=create_graph, retain_graph=True)[0]
+        div = div + vjp[:, i]
+    return div
+
+
+class CNF(Bijector):
+    """A continuous normalizing flow block on ``(B, D)`` (module docstring): ``forward``
+    integrates data → latent over s from 0 to 1, ``inverse`` from 1 to 0; each returns the
+    integrated trace as its ldj.
+
+    ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``) or ``"rk4"`` (fixed steps of
+    ``step_size`` in s). ``divergence="hutchinson"`` makes the ldj an estimate
+    (``ldj_is_estimate``); inside :func:`~common.flows.bijector.exact_ldj` the trace is exact.
+    ``last_nfe`` is the number of dynamics evaluations of the last solve;
+    ``evaluations`` counts every evaluation (forward and adjoint backward) since creation.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        T: float = 1.0,
+        train_T: bool = True,
+        divergence: Literal["exact", "hutchinson"] = "exact",
+        noise: Literal["gaussian", "rademacher"] = "gaussian",
+        solver: Literal["dopri5", "rk4"] = "dopri5",
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        step_size: float = 0.1,
+        adjoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if divergence not in ("exact", "hutchinson"):
+            raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+        if noise not in ("gaussian", "rademacher"):
+            raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+        if solver not in ("dopri5", "rk4"):
+            raise ValueError(f"solver must be 'dopri5' or 'rk4', got {solver!r}")
+        self.dynamics = _Dynamics(net, T, train_T)
+        self.divergence, self.noise = divergence, noise
+        self.solver, self.atol, self.rtol, self.step_size = solver, atol, rtol, step_size
+        self.adjoint = adjoint
+        self.ldj_is_estimate = divergence == "hutchinson"
+        self.last_nfe = 0
+
+    @property
+    def evaluations(self) -> int:
+        return self.dynamics.evaluations
+
+    def _solve(self, x: Tensor, s0: float, s1: float) -> tuple[Tensor, Tensor]:
+        from torchdiffeq import odeint, odeint_adjoint
+
+        hutchinson = self.divergence == "hutchinson" and not self.exact_ldj
+        if hutchinson:
+            eps = torch.randn_like(x)
+            self.dynamics.eps = eps.sign() if self.noise == "rademacher" else eps
+        else:
+            self.dynamics.eps = None
+        s = torch.tensor([s0, s1], dtype=x.dtype, device=x.device)
+        options = {"step_size": self.step_size} if self.solver == "rk4" else None
+        state = (x, x.new_zeros(x.shape[0]))
+        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
+        before = self.dynamics.evaluations
+        if self.adjoint:
+            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
+            zs, ls = odeint_adjoint(self.dynamics, state, s, adjoint_params=params, **kwargs)
+        else:
+            zs, ls = odeint(self.dynamics, state, s, **kwargs)
+        self.last_nfe = self.dynamics.evaluations - before
+        return zs[-1], ls[-1]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._solve(x, 0.0, 1.0)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._solve(z, 1.0, 0.0)
