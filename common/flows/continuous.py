@@ -120,16 +120,21 @@ class _Dynamics(nn.Module):
         self.net = net
         # T = sqrt_T² > 0, FFJORD's parametrisation of a trainable end time
         self.sqrt_T = nn.Parameter(torch.tensor(float(T) ** 0.5), requires_grad=train_T)
-        self.eps: Tensor | None = None
+        self.eps: Tensor | None = None  # the probe of the current solve
+        self.hutchinson = False  # the trace by the probe (else exact)
         self.evaluations = 0
 
     @property
     def end_time(self) -> Tensor:
         return self.sqrt_T**2
 
-    def forward(self, s: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """d/ds of (z, ldj[, kinetic energy, Jacobian Frobenius norm]): the regularisers'
+        integrands ‖f‖² and ‖εᵀ ∂f/∂z‖² (Finlay et al. 2020) are integrated when the state
+        carries them (a probe ε is then drawn for the solve even with the exact trace)."""
         self.evaluations += 1
         z = state[0]
+        regularised = len(state) == 4
         create = torch.is_grad_enabled()  # a graph through the trace only when one is wanted
         with torch.enable_grad():  # the trace needs ∂f/∂z, evaluation included
             T = self.end_time
@@ -137,15 +142,17 @@ class _Dynamics(nn.Module):
             # the adjoint's forward solve, z may require grad yet carry no graph)
             z_ = z if create and z.requires_grad else z.detach().requires_grad_(True)
             dz = self.net(s * T, z_)
-            if self.eps is None:
-                div = _exact_divergence(dz, z_, create_graph=create)
-            else:
+            vjp = None
+            if self.eps is not None and (self.hutchinson or regularised):
                 vjp = torch.autograd.grad(dz, z_, self.eps, create_graph=create)[0]
+            if self.hutchinson:
                 div = (vjp * self.eps).sum(1)
-        dz, div = T * dz, T * div
-        if not create:
-            dz, div = dz.detach(), div.detach()
-        return dz, div
+            else:
+                div = _exact_divergence(dz, z_, create_graph=create)
+        out = [T * dz, T * div]
+        if regularised:  # dt = T ds
+            out += [T * dz.pow(2).sum(1), T * vjp.pow(2).sum(1)]
+        return tuple(o if create else o.detach() for o in out)
 
 
 def _exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> Tensor:
@@ -183,6 +190,8 @@ class CNF(Bijector):
         rtol: float = 1e-5,
         step_size: float = 0.1,
         adjoint: bool = False,
+        kinetic_energy: float = 0.0,
+        jacobian_frobenius: float = 0.0,
     ) -> None:
         super().__init__()
         if divergence not in ("exact", "hutchinson"):
@@ -195,8 +204,10 @@ class CNF(Bijector):
         self.divergence, self.noise = divergence, noise
         self.solver, self.atol, self.rtol, self.step_size = solver, atol, rtol, step_size
         self.adjoint = adjoint
+        self.kinetic_energy, self.jacobian_frobenius = kinetic_energy, jacobian_frobenius
         self.ldj_is_estimate = divergence == "hutchinson"
         self.last_nfe = 0
+        self.last_regularisers: tuple[Tensor, Tensor] | None = None
 
     @property
     def evaluations(self) -> int:
@@ -205,24 +216,36 @@ class CNF(Bijector):
     def _solve(self, x: Tensor, s0: float, s1: float) -> tuple[Tensor, Tensor]:
         from torchdiffeq import odeint, odeint_adjoint
 
-        hutchinson = self.divergence == "hutchinson" and not self.exact_ldj
-        if hutchinson:
+        dynamics = self.dynamics
+        regularised = (self.kinetic_energy or self.jacobian_frobenius) and self.training
+        dynamics.hutchinson = self.divergence == "hutchinson" and not self.exact_ldj
+        dynamics.eps = None
+        if dynamics.hutchinson or regularised:
             eps = torch.randn_like(x)
-            self.dynamics.eps = eps.sign() if self.noise == "rademacher" else eps
-        else:
-            self.dynamics.eps = None
+            dynamics.eps = eps.sign() if self.noise == "rademacher" else eps
         s = torch.tensor([s0, s1], dtype=x.dtype, device=x.device)
+        zero = x.new_zeros(x.shape[0])
+        state = (x, zero, zero, zero) if regularised else (x, zero)
         options = {"step_size": self.step_size} if self.solver == "rk4" else None
-        state = (x, x.new_zeros(x.shape[0]))
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
-        before = self.dynamics.evaluations
+        before = dynamics.evaluations
         if self.adjoint:
-            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
-            zs, ls = odeint_adjoint(self.dynamics, state, s, adjoint_params=params, **kwargs)
+            params = tuple(p for p in dynamics.parameters() if p.requires_grad)
+            out = odeint_adjoint(dynamics, state, s, adjoint_params=params, **kwargs)
         else:
-            zs, ls = odeint(self.dynamics, state, s, **kwargs)
-        self.last_nfe = self.dynamics.evaluations - before
-        return zs[-1], ls[-1]
+            out = odeint(dynamics, state, s, **kwargs)
+        self.last_nfe = dynamics.evaluations - before
+        self.last_regularisers = (out[2][-1], out[3][-1]) if regularised else None
+        return out[0][-1], out[1][-1]
+
+    def penalty(self) -> Tensor:
+        """λ_K · mean ∫‖f‖² dt + λ_J · mean ∫‖∂f/∂z‖²_F dt of the last training solve
+        (Finlay et al. 2020, "How to train your neural ODE"; the Frobenius norm by the
+        solve's probe), which the trainer adds to the loss; 0 without regularisers."""
+        if self.last_regularisers is None:
+            return self.dynamics.sqrt_T.new_zeros(())
+        kinetic, frobenius = self.last_regularisers
+        return self.kinetic_energy * kinetic.mean() + self.jacobian_frobenius * frobenius.mean()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._solve(x, 0.0, 1.0)
