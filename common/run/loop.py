@@ -40,6 +40,7 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
 from common.files import replace_atomically, write_atomic
+from common.flows.continuous import CNF
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
 from common.run.objectives import Objective
@@ -245,6 +246,10 @@ class _Run:
         self.polyak = Polyak(self.model, self.tc.polyak_decay) if self.tc.polyak_decay else None
         self.run_id: str | None = None
         self.params = list(self.model.parameters())
+        # continuous flows: their function evaluations per step, forward and backward, are
+        # summed between logs and logged as means (train/nfe_forward, train/nfe_backward)
+        self.cnfs = [m for m in self.model.modules() if isinstance(m, CNF)]
+        self.nfe_sums = [0, 0, 0]  # forward, backward, steps
         mode = self.tc.compile_mode
         self.compiled_gradient = (
             CompiledGradient(self.model, objective.loss) if compiled and mode == "graph" else None
@@ -385,11 +390,17 @@ class _Run:
         parameters before the gradient is traced."""
         state, tc, last = self.state, self.tc, self.ckpt_dir / "last.pt"
         batch = self.objective.batch(self.model, state.step)
+        evaluations = sum(c.evaluations for c in self.cnfs)
         if self.compiled_gradient is not None and state.step > 0:
             loss, grads = self.compiled_gradient(batch)
             self.compiled_gradient.assign(grads)
         else:
             loss = eager_gradient(self.loss_fn, self.model, batch)
+        if self.cnfs:  # the last solve of each block was this step's forward pass
+            forward = sum(c.last_nfe for c in self.cnfs)
+            total = sum(c.evaluations for c in self.cnfs) - evaluations
+            self.nfe_sums = [self.nfe_sums[0] + forward, self.nfe_sums[1] + total - forward,
+                             self.nfe_sums[2] + 1]  # fmt: skip
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {state.step}. The last good "
@@ -422,6 +433,10 @@ class _Run:
             "train/samples_per_s": self.tc.log_every * self.objective.batch_size / elapsed,
             "train/wall_time_s": self.wall_before + time.perf_counter() - self.wall_start,
         }
+        if self.cnfs and self.nfe_sums[2]:
+            forward, backward, steps = self.nfe_sums
+            record |= {"train/nfe_forward": forward / steps, "train/nfe_backward": backward / steps}
+            self.nfe_sums = [0, 0, 0]
         self.tracker.log_metrics(record, self.state.step)
         key = self.objective.curve[0]
         self.state.history.append({"step": self.state.step, key: record[key]})

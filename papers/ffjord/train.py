@@ -1,0 +1,23 @@
+"""``python -m papers.ffjord.train --config papers/ffjord/configs/smoke/moons_ffjord.yaml``"""
+
+from __future__ import annotations
+
+from common.run.cli import run_cli
+from common.run.config import DiagonalGaussianModel, RunConfig, model_union
+from common.run.vector_models import GlowMLPModel, RealNVPMLPModel
+from papers.ffjord.model import FFJORDModel, build_model
+
+
+class FFJORDConfig(RunConfig):
+    model: model_union(FFJORDModel, GlowMLPModel, RealNVPMLPModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+
+
+CONFIG = FFJORDConfig  # the config class of this paper's experiments (found by the tests)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(FFJORDConfig, build_model, argv, paper="ffjord")
+
+
+if __name__ == "__main__":
+    main()
