@@ -93,6 +93,13 @@ MUTATIONS = [
              "common/run/reports/index.py",
              "        if other != b:", "        if other == b:",
              ("tests/test_reports.py::test_index_budget_sentence_says_whether_runs_converged",)),
+    Mutation("CNF: the integrated trace returned with the wrong sign",
+             "common/flows/continuous.py",
+             "return out[0][-1], out[1][-1]", "return out[0][-1], -out[1][-1]",
+             ("tests/test_continuous.py::test_linear_dynamics_give_the_analytic_log_det_and_end_time",)),
+    Mutation("NFE: the step's total logged as backward evaluations", "common/run/loop.py",
+             "self.nfe_sums[1] + total - forward,", "self.nfe_sums[1] + total,",
+             ("tests/test_ffjord.py::test_training_logs_forward_and_backward_function_evaluations",)),
 ]  # fmt: skip
 
 
