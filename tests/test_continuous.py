@@ -111,3 +111,23 @@ def test_regularisers_integrate_kinetic_energy_and_jacobian_norm():
     cnf.eval()
     cnf(x)
     assert cnf.penalty().item() == 0.0
+
+
+def test_values_only_skips_the_trace_and_keeps_the_values():
+    """Sampling discards the ldj: inside values_only a CNF and a residual block return the
+    same values with a zero ldj, and the mode ends with the block."""
+    from common.flows.bijector import values_only
+    from common.flows.residual import ResidualBlock, lipschitz_mlp
+
+    torch.manual_seed(0)
+    cnf = CNF(ODENet(2, [8], "concatsquash"), solver="rk4", step_size=0.25)
+    block = ResidualBlock(lipschitz_mlp(2, 8, 1), logdet="series")
+    z = torch.randn(5, 2)
+    for layer in (cnf, block):
+        with torch.no_grad():
+            x, ldj = layer.inverse(z)
+            with values_only(layer):
+                x_fast, ldj_fast = layer.inverse(z)
+            assert torch.allclose(x_fast, x, atol=1e-6) and ldj.abs().sum() > 0
+            assert (ldj_fast == 0).all()
+            assert not layer.ldj_unused and layer.inverse(z)[1].abs().sum() > 0

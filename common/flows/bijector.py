@@ -68,6 +68,21 @@ def exact_ldj(module: nn.Module) -> Iterator[None]:
             m.exact_ldj = flag
 
 
+@contextmanager
+def values_only(module: nn.Module) -> Iterator[None]:
+    """Within the block, layers of ``module`` whose log-det is costly beyond their values
+    (``ldj_costly``: integrated traces, power series) skip it and return a zero ldj: for
+    callers that discard it, such as :meth:`~common.flows.flow.Flow.sample`."""
+    layers = [m for m in module.modules() if getattr(m, "ldj_costly", False)]
+    for m in layers:
+        m.ldj_unused = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.ldj_unused = False
+
+
 def per_channel(param: Tensor, like: Tensor) -> Tensor:
     """View a ``(C,)`` tensor so it broadcasts over ``(B, C, *rest)`` (features or channels)."""
     return param.view(1, -1, *([1] * (like.ndim - 2)))
@@ -85,11 +100,14 @@ class Bijector(nn.Module):
     an optional ``context`` (for conditional flows) and return ``(output, ldj)`` with ``ldj`` of
     shape ``(B,)``. All state lives in parameters or buffers, so that ``state_dict`` round trips.
     ``ldj_is_estimate``: the ldj is an unbiased stochastic estimate unless ``exact_ldj`` is on
-    (a mode like ``training``, not state: it is set by :func:`exact_ldj`).
+    (a mode like ``training``, not state: it is set by :func:`exact_ldj`). ``ldj_costly``
+    layers return a zero ldj while ``ldj_unused`` is on (set by :func:`values_only`).
     """
 
     ldj_is_estimate: bool = False
     exact_ldj: bool = False
+    ldj_costly: bool = False  # its ldj costs more than its value (see values_only)
+    ldj_unused: bool = False
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

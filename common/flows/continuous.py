@@ -122,6 +122,7 @@ class _Dynamics(nn.Module):
         self.sqrt_T = nn.Parameter(torch.tensor(float(T) ** 0.5), requires_grad=train_T)
         self.eps: Tensor | None = None  # the probe of the current solve
         self.hutchinson = False  # the trace by the probe (else exact)
+        self.trace = True  # False: values only (the ldj state stays 0)
         self.evaluations = 0
 
     @property
@@ -134,6 +135,9 @@ class _Dynamics(nn.Module):
         carries them (a probe ε is then drawn for the solve even with the exact trace)."""
         self.evaluations += 1
         z = state[0]
+        if not self.trace:
+            T = self.end_time
+            return T * self.net(s * T, z), torch.zeros_like(state[1])
         regularised = len(state) == 4
         create = torch.is_grad_enabled()  # a graph through the trace only when one is wanted
         with torch.enable_grad():  # the trace needs ∂f/∂z, evaluation included
@@ -208,6 +212,7 @@ class CNF(Bijector):
         self.adjoint = adjoint
         self.kinetic_energy, self.jacobian_frobenius = kinetic_energy, jacobian_frobenius
         self.ldj_is_estimate = divergence == "hutchinson"
+        self.ldj_costly = True  # sampling skips the trace (values_only)
         self.last_nfe = 0
         self.last_regularisers: tuple[Tensor, Tensor] | None = None
 
@@ -219,7 +224,9 @@ class CNF(Bijector):
         from torchdiffeq import odeint, odeint_adjoint
 
         dynamics = self.dynamics
-        regularised = (self.kinetic_energy or self.jacobian_frobenius) and self.training
+        regularised = bool(self.kinetic_energy or self.jacobian_frobenius) and self.training
+        regularised = regularised and not self.ldj_unused
+        dynamics.trace = not self.ldj_unused
         dynamics.hutchinson = self.divergence == "hutchinson" and not self.exact_ldj
         dynamics.eps = None
         if dynamics.hutchinson or regularised:

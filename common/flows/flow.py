@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from common.flows.bijector import Bijector
+from common.flows.bijector import Bijector, values_only
 from common.flows.distributions import BaseDistribution
 
 __all__ = ["Flow", "LogProb"]
@@ -97,7 +97,8 @@ class Flow(nn.Module):
     def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         """``n`` samples in data space (discrete levels if the flow dequantizes)."""
         z = self.base.sample(n, temperature)
-        x, _ = self.transform.inverse(z, context)
+        with values_only(self.transform):  # the ldj is discarded: costly ones are skipped
+            x, _ = self.transform.inverse(z, context)
         if self.dequantization is not None:
             x, _ = self.dequantization.inverse(x, context)
         return x

@@ -265,6 +265,7 @@ class ResidualBlock(Bijector):
         self.n_exact_terms, self.geom_p = n_exact_terms, geom_p
         self.tol, self.max_iter = tol, max_iter
         self.ldj_is_estimate = logdet != "exact"
+        self.ldj_costly = True  # sampling skips the log-det (values_only)
         self.last_inverse_iterations = 0
 
     # --- log-determinants -----------------------------------------------------------------
@@ -367,6 +368,8 @@ class ResidualBlock(Bijector):
                 x_out = x_star - _ImplicitSolve.apply(r, vjp, self.max_iter, self.tol)
         else:
             x_out = x_star
+        if self.ldj_unused:  # values only (sampling): no series
+            return x_out, x_out.new_zeros(x_out.shape[0])
         with torch.enable_grad():
             x_ = x_out if x_out.requires_grad else x_out.detach().requires_grad_(True)
             ldj = self._ldj(self.g(x_), x_)
