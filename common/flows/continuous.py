@@ -129,15 +129,15 @@ class _Dynamics(nn.Module):
     def end_time(self) -> Tensor:
         return self.sqrt_T**2
 
-    def forward(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def forward(self, s: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         """d/ds of (z, ldj[, kinetic energy, Jacobian Frobenius norm]): the regularisers'
         integrands ‖f‖² and ‖εᵀ ∂f/∂z‖² (Finlay et al. 2020) are integrated when the state
         carries them (a probe ε is then drawn for the solve even with the exact trace)."""
         self.evaluations += 1
-        z = state[0]
-        if not self.trace:
+        if not self.trace:  # values only: the state is z alone
             T = self.end_time
-            return T * self.net(s * T, z), torch.zeros_like(state[1])
+            return T * self.net(s * T, state)
+        z = state[0]
         regularised = len(state) == 4
         create = torch.is_grad_enabled()  # a graph through the trace only when one is wanted
         with torch.enable_grad():  # the trace needs ∂f/∂z, evaluation included
@@ -177,7 +177,8 @@ class CNF(Bijector):
     integrates data → latent over s from 0 to 1, ``inverse`` from 1 to 0; each returns the
     integrated trace as its ldj.
 
-    ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``) or ``"rk4"`` (fixed steps of
+    ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``; ``first_step`` in s, else chosen by
+    torchdiffeq from the derivatives, which starts small) or ``"rk4"`` (fixed steps of
     ``step_size`` in s). ``divergence="hutchinson"`` makes the ldj an estimate
     (``ldj_is_estimate``); inside :func:`~common.flows.bijector.exact_ldj` the trace is exact.
     ``last_nfe`` is the number of dynamics evaluations of the last solve;
@@ -198,6 +199,7 @@ class CNF(Bijector):
         adjoint: bool = False,
         kinetic_energy: float = 0.0,
         jacobian_frobenius: float = 0.0,
+        first_step: float | None = None,
     ) -> None:
         super().__init__()
         if divergence not in ("exact", "hutchinson"):
@@ -209,7 +211,7 @@ class CNF(Bijector):
         self.dynamics = _Dynamics(net, T, train_T)
         self.divergence, self.noise = divergence, noise
         self.solver, self.atol, self.rtol, self.step_size = solver, atol, rtol, step_size
-        self.adjoint = adjoint
+        self.adjoint, self.first_step = adjoint, first_step
         self.kinetic_energy, self.jacobian_frobenius = kinetic_energy, jacobian_frobenius
         self.ldj_is_estimate = divergence == "hutchinson"
         self.ldj_costly = True  # sampling skips the trace (values_only)
@@ -235,7 +237,12 @@ class CNF(Bijector):
         s = torch.tensor([s0, s1], dtype=x.dtype, device=x.device)
         zero = x.new_zeros(x.shape[0])
         state = (x, zero, zero, zero) if regularised else (x, zero)
-        options = {"step_size": self.step_size} if self.solver == "rk4" else None
+        if not dynamics.trace:
+            state = x  # one tensor: no ldj state, and torchdiffeq need not pack a tuple
+        if self.solver == "rk4":
+            options = {"step_size": self.step_size}
+        else:  # dopri5 picks its first step from the derivatives unless told
+            options = None if self.first_step is None else {"first_step": self.first_step}
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
         before = dynamics.evaluations
         if self.adjoint:
@@ -244,6 +251,8 @@ class CNF(Bijector):
         else:
             out = odeint(dynamics, state, s, **kwargs)
         self.last_nfe = dynamics.evaluations - before
+        if not dynamics.trace:
+            return out[-1], zero
         self.last_regularisers = (out[2][-1], out[3][-1]) if regularised else None
         return out[0][-1], out[1][-1]
 
