@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -76,13 +76,19 @@ def fit_diagonal_gaussian(flow: Flow, x_train: Tensor, draws: int) -> None:
     affine.shift.copy_(-mean / std)
 
 
-def with_baseline(build: Callable[[Any, Dataset], Flow]) -> Callable[[Any, Dataset], Flow]:
-    """A paper's ``build_model(cfg, data)``: its own ``build`` for its model configs, and
+def with_baseline(
+    build: Callable[[Any, Dataset], Flow] | Mapping[type, Callable[[Any, Dataset], Flow]],
+) -> Callable[[Any, Dataset], Flow]:
+    """A paper's ``build_model(cfg, data)``: its own ``build`` for its model configs (a
+    function, or a mapping from each model-config class to its builder), and
     :func:`build_diagonal_gaussian` for the baseline every paper runs beside them."""
+    builders = dict(build) if isinstance(build, Mapping) else None
 
     def build_model(cfg: Any, data: Dataset) -> Flow:
         if isinstance(cfg, DiagonalGaussianModel):
             return build_diagonal_gaussian(cfg, data)
+        if builders is not None:
+            return builders[type(cfg)](cfg, data)
         return build(cfg, data)
 
     return build_model

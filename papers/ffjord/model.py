@@ -84,21 +84,16 @@ def build_ffjord(cfg: FFJORDModel, data: Dataset) -> Flow:
             adjoint=cfg.adjoint,
             kinetic_energy=cfg.kinetic_energy,
             jacobian_frobenius=cfg.jacobian_frobenius,
-        )  # fmt: skip
+        )
         for _ in range(cfg.num_blocks)
     ]
     return Flow(Compose(*blocks), StandardNormal(d))
 
 
-_BUILDERS = {
-    FFJORDModel: build_ffjord,
-    GlowMLPModel: build_glow_mlp,  # the toy comparison's coupling flows
-    RealNVPMLPModel: build_realnvp_mlp,
-}
-
-
-def _build(cfg, data: Dataset) -> Flow:
-    return _BUILDERS[type(cfg)](cfg, data)
-
-
-build_model = with_baseline(_build)  # these models and the diagonal-Gaussian baseline
+build_model = with_baseline(
+    {  # these models and the diagonal-Gaussian baseline
+        FFJORDModel: build_ffjord,
+        GlowMLPModel: build_glow_mlp,  # the toy comparison's coupling flows
+        RealNVPMLPModel: build_realnvp_mlp,
+    }
+)

@@ -129,16 +129,11 @@ def build_multiscale_iresnet(cfg: MultiScaleIResNetModel, data: Dataset) -> Flow
     return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
 
 
-_BUILDERS = {
-    IResNetModel: build_iresnet,
-    MultiScaleIResNetModel: build_multiscale_iresnet,
-    GlowMLPModel: build_glow_mlp,  # the toy comparison's coupling flows
-    RealNVPMLPModel: build_realnvp_mlp,
-}
-
-
-def _build(cfg, data: Dataset) -> Flow:
-    return _BUILDERS[type(cfg)](cfg, data)
-
-
-build_model = with_baseline(_build)  # these models and the diagonal-Gaussian baseline
+build_model = with_baseline(
+    {  # these models and the diagonal-Gaussian baseline
+        IResNetModel: build_iresnet,
+        MultiScaleIResNetModel: build_multiscale_iresnet,
+        GlowMLPModel: build_glow_mlp,  # the toy comparison's coupling flows
+        RealNVPMLPModel: build_realnvp_mlp,
+    }
+)
