@@ -113,7 +113,9 @@ class ODENet(nn.Module):
 
 class _Dynamics(nn.Module):
     """The augmented ODE over s ∈ [0, 1]: d(z, l)/ds = T·(f(sT, z), tr ∂f/∂z), counting its
-    evaluations. ``eps`` is the Hutchinson probe of the current solve (None: exact trace)."""
+    evaluations. ``eps`` is the probe of the current solve, for the Hutchinson trace
+    (``hutchinson``) and the Jacobian-Frobenius regulariser; ``trace`` off integrates z alone
+    (values only)."""
 
     def __init__(self, net: nn.Module, T: float, train_T: bool) -> None:
         super().__init__()
@@ -122,7 +124,7 @@ class _Dynamics(nn.Module):
         self.sqrt_T = nn.Parameter(torch.tensor(float(T) ** 0.5), requires_grad=train_T)
         self.eps: Tensor | None = None  # the probe of the current solve
         self.hutchinson = False  # the trace by the probe (else exact)
-        self.trace = True  # False: values only (the ldj state stays 0)
+        self.trace = True  # False: values only, the state is z alone
         self.evaluations = 0
 
     @property
@@ -226,8 +228,8 @@ class CNF(Bijector):
         from torchdiffeq import odeint, odeint_adjoint
 
         dynamics = self.dynamics
-        regularised = bool(self.kinetic_energy or self.jacobian_frobenius) and self.training
-        regularised = regularised and not self.ldj_unused
+        weighted = bool(self.kinetic_energy or self.jacobian_frobenius)
+        regularised = weighted and self.training and not self.ldj_unused
         dynamics.trace = not self.ldj_unused
         dynamics.hutchinson = self.divergence == "hutchinson" and not self.exact_ldj
         dynamics.eps = None
