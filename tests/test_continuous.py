@@ -131,3 +131,71 @@ def test_values_only_skips_the_trace_and_keeps_the_values():
             assert torch.allclose(x_fast, x, atol=1e-6) and ldj.abs().sum() > 0
             assert (ldj_fast == 0).all()
             assert not layer.ldj_unused and layer.inverse(z)[1].abs().sum() > 0
+
+
+class _NoTangents(torch.nn.Module):
+    """An ODENet seen as any network: the CNF falls back to vector-Jacobian products."""
+
+    def __init__(self, net: ODENet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, z):
+        return self.net(t, z)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_forward_tangents_and_vector_jacobian_products_agree(divergence):
+    """The two ways to the trace give the same ldj and the same gradients (one probe drawn
+    from the same seed in both)."""
+    torch.manual_seed(0)
+    net = ODENet(3, [8, 8], "concatsquash", "softplus").double()
+    fast = CNF(net, divergence=divergence, atol=1e-9, rtol=1e-9).double()
+    slow = CNF(_NoTangents(net), divergence=divergence, atol=1e-9, rtol=1e-9).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    results = []
+    for cnf in (fast, slow):
+        cnf.zero_grad()
+        torch.manual_seed(1)
+        z, ldj = cnf(x)
+        (z.pow(2).sum() - ldj.sum()).backward()
+        results.append((z, ldj, torch.cat([p.grad.flatten() for p in cnf.parameters()])))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_exact_frobenius_regulariser_of_linear_dynamics():
+    """f(z) = A z: ∫₀ᵀ ‖∂f/∂z‖²_F dt = T ‖A‖²_F, exactly with the exact trace (no probe)."""
+    net = ODENet(2, [], "ignore").double()
+    A = torch.tensor([[-0.5, 0.8], [0.3, -1.1]], dtype=torch.float64)
+    with torch.no_grad():
+        net.layers[0].linear.weight.copy_(A)
+        net.layers[0].linear.bias.zero_()
+    cnf = CNF(net, T=0.8, atol=1e-10, rtol=1e-10, jacobian_frobenius=1.0).double()
+    cnf(torch.randn(3, 2, dtype=torch.float64))
+    frobenius = cnf.last_regularisers[1]
+    T = cnf.dynamics.end_time.item()
+    assert frobenius.tolist() == pytest.approx([T * A.pow(2).sum().item()] * 3, abs=1e-8)
+
+
+def test_evaluation_solves_at_the_test_tolerances():
+    torch.manual_seed(0)
+    cnf = CNF(ODENet(2, [16], "concatsquash"), atol=1e-2, rtol=1e-2, test_atol=1e-8,
+              test_rtol=1e-8)  # fmt: skip
+    x = torch.randn(8, 2)
+    cnf(x)
+    loose = cnf.last_nfe
+    cnf.eval()
+    with torch.no_grad():
+        cnf(x)
+    assert cnf.last_nfe > 2 * loose
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_convolutional_cnf_passes_the_check(divergence):
+    from common.flows.continuous import ODEConvNet
+
+    torch.manual_seed(0)
+    cnf = CNF(ODEConvNet(2, [4, 4], "softplus"), divergence=divergence, atol=1e-10, rtol=1e-10)
+    check = check_bijector(cnf, torch.randn(3, 2, 4, 4), atol=1e-6)
+    assert check.exact_mode == (divergence == "hutchinson")

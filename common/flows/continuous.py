@@ -9,9 +9,15 @@ of variables (Neural ODEs, Thm. 1) gives
 
 integrated beside z as a second state. The trace is computed (``divergence``)
 
-- ``"exact"``: Σᵢ ∂fᵢ/∂zᵢ from D vector-Jacobian products (small D);
+- ``"exact"``: Σᵢ ∂fᵢ/∂zᵢ, from the D columns of ∂f/∂z (small D);
 - ``"hutchinson"``: εᵀ(∂f/∂z)ε with one ε (Gaussian or Rademacher) drawn per solve and kept
-  fixed through it (FFJORD, Sec. 3.1): an unbiased estimate of the log-det, from one VJP.
+  fixed through it (FFJORD, Sec. 3.1): an unbiased estimate of the log-det, from one product.
+
+With an :class:`ODENet` the Jacobian-vector products are pushed forward through the layers
+beside the values (forward-mode, by hand: each layer is affine in its input), one pass that
+autograd differentiates once; FFJORD's vector-Jacobian products need a graph of their own and
+a double backward (measured: the training step of the 2-D toy model 2–3× slower), and remain
+the path for any other network.
 
 The integration time T is trainable (FFJORD's ``train_T``): the solver runs over s ∈ [0, 1]
 with the dynamics T·f(sT, z), so T is an ordinary parameter of the dynamics, for backprop
@@ -34,7 +40,7 @@ from torch import Tensor, nn
 
 from common.flows.bijector import Bijector
 
-__all__ = ["CNF", "ODENet"]
+__all__ = ["CNF", "ODEConvNet", "ODENet"]
 
 LayerType = Literal["concat", "concatsquash", "ignore"]
 
@@ -46,8 +52,9 @@ class _ConcatLinear(nn.Module):
         super().__init__()
         self.linear = nn.Linear(n_in + 1, n_out)
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.linear(torch.cat([x, t.expand(x.shape[0], 1)], dim=1))
+    def parts(self, t: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        w = self.linear.weight  # [W_x | w_t]: the time column joins the bias
+        return w[:, :-1], None, torch.addcmul(self.linear.bias, w[:, -1], t)
 
 
 class _ConcatSquashLinear(nn.Module):
@@ -59,9 +66,10 @@ class _ConcatSquashLinear(nn.Module):
         self.gate = nn.Linear(1, n_out)
         self.hyper_bias = nn.Linear(1, n_out, bias=False)
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        t = t.reshape(1, 1)
-        return self.linear(x) * torch.sigmoid(self.gate(t)) + self.hyper_bias(t)
+    def parts(self, t: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        t = t.reshape(1)
+        scale = torch.sigmoid(self.gate(t))
+        return self.linear.weight, scale, torch.addcmul(self.hyper_bias(t), self.linear.bias, scale)
 
 
 class _IgnoreLinear(nn.Module):
@@ -71,17 +79,35 @@ class _IgnoreLinear(nn.Module):
         super().__init__()
         self.linear = nn.Linear(n_in, n_out)
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.linear(x)
+    def parts(self, t: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        return self.linear.weight, None, self.linear.bias
 
 
 _LAYERS = {"concat": _ConcatLinear, "concatsquash": _ConcatSquashLinear, "ignore": _IgnoreLinear}
-_ACTIVATIONS = {"tanh": torch.tanh, "softplus": F.softplus}
+
+
+def _tanh(a: Tensor) -> tuple[Tensor, Tensor]:
+    y = torch.tanh(a)
+    return y, 1 - y * y
+
+
+def _softplus(a: Tensor) -> tuple[Tensor, Tensor]:
+    return F.softplus(a), torch.sigmoid(a)
+
+
+_ACTIVATIONS = {"tanh": _tanh, "softplus": _softplus}  # value and slope
 
 
 class ODENet(nn.Module):
     """f(t, z): ``features → hidden[0] → … → features``, every layer of ``layer_type``,
-    ``activation`` between layers. Shapes ``t: ()``, ``z: (B, features) → (B, features)``."""
+    ``activation`` between layers. Shapes ``t: ()``, ``z: (B, features) → (B, features)``.
+
+    Every layer is affine in its input at a fixed t, y = (x Wᵀ)·scale(t) + bias(t)
+    (``parts``), so Jacobian-vector products travel forward beside the values
+    (:meth:`forward_with_tangents`): the CNF's trace in one pass that autograd differentiates
+    once, where vector-Jacobian products would need a graph of their own and a double
+    backward.
+    """
 
     def __init__(
         self,
@@ -106,9 +132,85 @@ class ODENet(nn.Module):
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
             if i:
-                z = self.activation(z)
+                z = self.activation(z)[0]
+            weight, scale, bias = layer.parts(t)
+            z = (
+                F.linear(z, weight, bias)
+                if scale is None
+                else torch.addcmul(bias, F.linear(z, weight), scale)
+            )
+        return z
+
+    def forward_with_tangents(self, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """f(t, z) and the products (∂f/∂z)·vₖ for K tangents (forward-mode differentiation by
+        hand). Shapes ``z: (B, D)``, ``v: (B or 1, K, D)`` → ``(B, D)``, ``(B, K, D)``; with
+        v = I (1, D, D) row i is the column ∂f/∂zᵢ, whose diagonal sums to tr ∂f/∂z."""
+        for i, layer in enumerate(self.layers):
+            if i:
+                z, slope = self.activation(z)
+                v = v * slope.unsqueeze(1)
+            weight, scale, bias = layer.parts(t)
+            z, v = F.linear(z, weight), F.linear(v, weight)
+            if scale is not None:
+                z, v = z * scale, v * scale
+            z = z + bias
+        return z, v.expand(z.shape[0], -1, -1)  # a network without hidden layers: v is (1, K, D)
+
+
+class _ConcatConv2d(nn.Module):
+    """y = conv3×3([x, t·1]) + b, zero padding (FFJORD's ``concat`` convolution: t enters as
+    an extra input channel)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in + 1, c_out, 3, padding=1)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        tt = t.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
+        return self.conv(torch.cat([x, tt], 1))
+
+    def tangent(self, v: Tensor) -> Tensor:
+        """The map's derivative along v ``(N, C, H, W)``: the input channels' weights alone
+        (the time channel does not move with z)."""
+        return F.conv2d(v, self.conv.weight[:, :-1], padding=1)
+
+
+class ODEConvNet(nn.Module):
+    """f(t, z) on images: 3×3 ``concat`` convolutions ``channels → hidden[0] → … →
+    channels`` (stride 1, the authors' image ODE net), ``activation`` between layers. Shapes
+    ``t: ()``, ``z: (B, C, H, W) → (B, C, H, W)``; tangents as :class:`ODENet`'s, ``v: (B or
+    1, K, C, H, W)``."""
+
+    def __init__(
+        self, channels: int, hidden: list[int], activation: Literal["tanh", "softplus"] = "softplus"
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
+        widths = [channels, *hidden, channels]
+        self.layers = nn.ModuleList(
+            _ConcatConv2d(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.activation = _ACTIVATIONS[activation]
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            if i:
+                z = self.activation(z)[0]
             z = layer(t, z)
         return z
+
+    def forward_with_tangents(self, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """f(t, z) and (∂f/∂z)·vₖ for K tangents, ``(B, C, H, W)``, ``(B, K, C, H, W)``."""
+        for i, layer in enumerate(self.layers):
+            if i:
+                z, slope = self.activation(z)
+                v = v * slope.unsqueeze(1)
+            lead = v.shape[:2]
+            z, v = layer(t, z), layer.tangent(v.flatten(0, 1)).unflatten(0, lead)
+        return z, v.expand(z.shape[0], *v.shape[1:])
 
 
 class _Dynamics(nn.Module):
@@ -133,44 +235,69 @@ class _Dynamics(nn.Module):
 
     def forward(self, s: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         """d/ds of (z, ldj[, kinetic energy, Jacobian Frobenius norm]): the regularisers'
-        integrands ‖f‖² and ‖εᵀ ∂f/∂z‖² (Finlay et al. 2020) are integrated when the state
-        carries them (a probe ε is then drawn for the solve even with the exact trace)."""
+        integrands ‖f‖² and ‖∂f/∂z‖²_F (Finlay et al. 2020) are integrated when the state
+        carries them; the Frobenius norm is exact with the exact trace, ‖(∂f/∂z)ε‖² by the
+        solve's probe with Hutchinson's."""
         self.evaluations += 1
+        T = self.end_time
         if not self.trace:  # values only: the state is z alone
-            T = self.end_time
             return T * self.net(s * T, state)
         z = state[0]
         regularised = len(state) == 4
+        if hasattr(self.net, "forward_with_tangents"):
+            dz, div, frobenius = self._forward_mode(s * T, z, regularised)
+        else:
+            dz, div, frobenius = self._by_vjps(s * T, z, regularised)
+        out = [T * dz, T * div]
+        if regularised:  # dt = T ds
+            out += [T * _sum_event(dz * dz), T * frobenius]
+        return tuple(out)
+
+    def _forward_mode(self, t: Tensor, z: Tensor, regularised: bool) -> tuple[Tensor, ...]:
+        """Tangents pushed with the values: all D columns of ∂f/∂z (exact), or (∂f/∂z)ε."""
+        if self.hutchinson:
+            dz, jv = self.net.forward_with_tangents(t, z, self.eps.unsqueeze(1))
+            jv = jv.squeeze(1)
+            return dz, _sum_event(jv * self.eps), _sum_event(jv * jv) if regularised else None
+        d = z[0].numel()
+        eye = torch.eye(d, dtype=z.dtype, device=z.device).reshape(1, d, *z.shape[1:])
+        dz, jac = self.net.forward_with_tangents(t, z, eye)
+        div = jac.reshape(-1, d, d).diagonal(dim1=1, dim2=2).sum(1)
+        return dz, div, _sum_event(jac * jac) if regularised else None
+
+    def _by_vjps(self, t: Tensor, z: Tensor, regularised: bool) -> tuple[Tensor, ...]:
+        """For a network without forward tangents: vector-Jacobian products, D of them for
+        the exact trace, one with the probe for Hutchinson's (and the regulariser)."""
         create = torch.is_grad_enabled()  # a graph through the trace only when one is wanted
         with torch.enable_grad():  # the trace needs ∂f/∂z, evaluation included
-            T = self.end_time
             # a fresh leaf unless the caller differentiates through z (under no_grad, e.g. in
             # the adjoint's forward solve, z may require grad yet carry no graph)
             z_ = z if create and z.requires_grad else z.detach().requires_grad_(True)
-            dz = self.net(s * T, z_)
+            dz = self.net(t, z_)
             vjp = None
-            if self.eps is not None and (self.hutchinson or regularised):
+            if self.eps is not None:
                 vjp = torch.autograd.grad(dz, z_, self.eps, create_graph=create)[0]
             if self.hutchinson:
-                div = (vjp * self.eps).sum(1)
+                div = _sum_event(vjp * self.eps)
             else:
                 div = _exact_divergence(dz, z_, create_graph=create)
-        out = [T * dz, T * div]
-        if regularised:  # dt = T ds
-            out += [T * dz.pow(2).sum(1), T * vjp.pow(2).sum(1)]
-        return tuple(o if create else o.detach() for o in out)
+        out = (dz, div, _sum_event(vjp * vjp) if regularised else None)
+        return tuple(o if create or o is None else o.detach() for o in out)
+
+
+def _sum_event(x: Tensor) -> Tensor:
+    """Sum over every dimension but the batch: ``(B, …) → (B,)``."""
+    return x.reshape(x.shape[0], -1).sum(1)
 
 
 def _exact_divergence(dz: Tensor, z: Tensor, create_graph: bool) -> Tensor:
-    """Σᵢ ∂fᵢ/∂zᵢ from D vector-Jacobian products (one per coordinate). Batching them into
-    one pass (``is_grads_batched``, vmap) was measured slower on CPU (2-D and D = 16, 3 × 64
-    concatsquash, batch 256: 7–12 % per training step), so they run in turn."""
+    """Σᵢ ∂fᵢ/∂zᵢ from D vector-Jacobian products (one per coordinate)."""
     div = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-    for i in range(z.shape[1]):
+    for i in range(z[0].numel()):
         e = torch.zeros_like(dz)
-        e[:, i] = 1
+        e.view(e.shape[0], -1)[:, i] = 1
         vjp = torch.autograd.grad(dz, z, e, create_graph=create_graph, retain_graph=True)[0]
-        div = div + vjp[:, i]
+        div = div + vjp.reshape(vjp.shape[0], -1)[:, i]
     return div
 
 
@@ -179,8 +306,11 @@ class CNF(Bijector):
     integrates data → latent over s from 0 to 1, ``inverse`` from 1 to 0; each returns the
     integrated trace as its ldj.
 
-    ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol``; ``first_step`` in s, else chosen by
-    torchdiffeq from the derivatives, which starts small) or ``"rk4"`` (fixed steps of
+    Shapes ``(B, D)``, or ``(B, C, H, W)`` with an :class:`ODEConvNet`.
+
+    ``solver``: ``"dopri5"`` (adaptive, ``atol``/``rtol`` in training and ``test_atol``/
+    ``test_rtol`` in evaluation, as the authors' tabular runs; ``first_step`` in s, else chosen
+    by torchdiffeq from the derivatives, which starts small) or ``"rk4"`` (fixed steps of
     ``step_size`` in s). ``divergence="hutchinson"`` makes the ldj an estimate
     (``ldj_is_estimate``); inside :func:`~common.flows.bijector.exact_ldj` the trace is exact.
     ``last_nfe`` is the number of dynamics evaluations of the last solve;
@@ -202,6 +332,8 @@ class CNF(Bijector):
         kinetic_energy: float = 0.0,
         jacobian_frobenius: float = 0.0,
         first_step: float | None = None,
+        test_atol: float | None = None,
+        test_rtol: float | None = None,
     ) -> None:
         super().__init__()
         if divergence not in ("exact", "hutchinson"):
@@ -214,6 +346,8 @@ class CNF(Bijector):
         self.divergence, self.noise = divergence, noise
         self.solver, self.atol, self.rtol, self.step_size = solver, atol, rtol, step_size
         self.adjoint, self.first_step = adjoint, first_step
+        self.test_atol = atol if test_atol is None else test_atol
+        self.test_rtol = rtol if test_rtol is None else test_rtol
         self.kinetic_energy, self.jacobian_frobenius = kinetic_energy, jacobian_frobenius
         self.ldj_is_estimate = divergence == "hutchinson"
         self.ldj_costly = True  # sampling skips the trace (values_only)
@@ -233,7 +367,8 @@ class CNF(Bijector):
         dynamics.trace = not self.ldj_unused
         dynamics.hutchinson = self.divergence == "hutchinson" and not self.exact_ldj
         dynamics.eps = None
-        if dynamics.hutchinson or regularised:
+        by_vjps = not hasattr(dynamics.net, "forward_with_tangents")
+        if dynamics.hutchinson or (regularised and by_vjps):
             eps = torch.randn_like(x)
             dynamics.eps = eps.sign() if self.noise == "rademacher" else eps
         s = torch.tensor([s0, s1], dtype=x.dtype, device=x.device)
@@ -245,7 +380,8 @@ class CNF(Bijector):
             options = {"step_size": self.step_size}
         else:  # dopri5 picks its first step from the derivatives unless told
             options = None if self.first_step is None else {"first_step": self.first_step}
-        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
+        atol, rtol = (self.atol, self.rtol) if self.training else (self.test_atol, self.test_rtol)
+        kwargs = dict(rtol=rtol, atol=atol, method=self.solver, options=options)
         before = dynamics.evaluations
         if self.adjoint:
             params = tuple(p for p in dynamics.parameters() if p.requires_grad)

@@ -333,28 +333,43 @@ def multi_scale(
     steps: Callable[[int, Shape], list[Bijector]],
     split_prior: Literal["fixed", "learned"] = "learned",
     learn_top: bool = False,
+    pre_steps: Callable[[int, Shape], list[Bijector]] | None = None,
+    squeeze_last: bool = True,
 ) -> Bijector:
     """The multi-scale arrangement (RealNVP Sec. 3.6; Glow Fig. 2b; i-ResNet's density model
-    with strides 1, 2, 2 after an initial squeeze): for levels l = 0 … L−1,
+    with strides 1, 2, 2 after an initial squeeze; FFJORD's ODE-NVP): for levels
+    l = 0 … L−1,
 
-        Squeeze → ``steps(l, (4C, H/2, W/2))`` → Split (all but the last level),
+        ``pre_steps(l, (C, H, W))`` → Squeeze → ``steps(l, (4C, H/2, W/2))`` → Split
 
-    the split's kept half going on to level l + 1. The last level ends in the learned top
-    prior (``learn_top``: an :class:`ElementwiseAffine` over its shape) and a flatten.
-    ``steps`` builds one level's layers for its (squeezed) shape. Each level's steps are built
-    before the levels inside it (the order the weights draw from the random generator).
+    (Split on all but the last level), the split's kept half going on to level l + 1.
+    ``pre_steps`` (optional) builds layers before a level's squeeze: FFJORD puts CNF blocks on
+    both sides of each squeeze. ``squeeze_last=False`` leaves the last level unsqueezed, made
+    of its ``pre_steps`` alone (FFJORD's last scale). The last level ends in the learned top
+    prior (``learn_top``: an :class:`ElementwiseAffine` over its shape) and a flatten. Each
+    level's layers are built before the levels inside it (the order the weights draw from the
+    random generator).
 
-    Shapes ``(B, C, H, W) → (B, C·H·W)``; H and W divisible by 2^L."""
+    Shapes ``(B, C, H, W) → (B, C·H·W)``; H and W divisible by 2^L (2^(L−1) without the last
+    squeeze)."""
     C, H, W = shape
-    if H % 2**num_levels or W % 2**num_levels:
-        raise ValueError(f"{num_levels} levels need H and W divisible by {2**num_levels}, "
+    halvings = num_levels if squeeze_last else num_levels - 1
+    if H % 2**halvings or W % 2**halvings:
+        raise ValueError(f"{num_levels} levels need H and W divisible by {2**halvings}, "
                          f"got {H}×{W}")  # fmt: skip
+    if not squeeze_last and pre_steps is None:
+        raise ValueError("squeeze_last=False leaves the last level to pre_steps; give pre_steps")
 
     def level(shape: Shape, k: int) -> Bijector:
         C, H, W = shape
+        layers: list[Bijector] = [] if pre_steps is None else pre_steps(k, shape)
+        last = k == num_levels - 1
+        if last and not squeeze_last:
+            top = [ElementwiseAffine(shape)] if learn_top else []
+            return Compose(*layers, *top, Reshape(shape, (C * H * W,)))
         squeezed = (4 * C, H // 2, W // 2)
-        layers: list[Bijector] = [Squeeze(), *steps(k, squeezed)]
-        if k == num_levels - 1:
+        layers += [Squeeze(), *steps(k, squeezed)]
+        if last:
             top = [ElementwiseAffine(squeezed)] if learn_top else []
             return Compose(*layers, *top, Reshape(squeezed, (C * H * W,)))
         inner = level((2 * C, H // 2, W // 2), k + 1)

@@ -83,6 +83,8 @@ class TrainState:
     evals_since_best: int = 0
     stopped_early: bool = False
     wall_time_s: float = 0.0  # training time summed over every (resumed) call
+    # continuous flows: function evaluations summed over training, [forward, backward, steps]
+    nfe_totals: list[int] = field(default_factory=lambda: [0, 0, 0])
     history: list[dict[str, float]] = field(default_factory=list)
     # continuations with changed settings: {"step": k, "changes": {key: [old, new]}}
     continuations: list[dict[str, Any]] = field(default_factory=list)
@@ -399,8 +401,9 @@ class _Run:
         if self.cnfs:  # the last solve of each block was this step's forward pass
             forward = sum(c.last_nfe for c in self.cnfs)
             total = sum(c.evaluations for c in self.cnfs) - evaluations
-            self.nfe_sums = [self.nfe_sums[0] + forward, self.nfe_sums[1] + total - forward,
-                             self.nfe_sums[2] + 1]  # fmt: skip
+            step_nfe = (forward, total - forward, 1)
+            self.nfe_sums = [a + b for a, b in zip(self.nfe_sums, step_nfe, strict=True)]
+            state.nfe_totals = [a + b for a, b in zip(state.nfe_totals, step_nfe, strict=True)]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {state.step}. The last good "
@@ -491,6 +494,10 @@ class _Run:
                 "outside the model's domain"
             )
         final |= {"train/wall_time_s": state.wall_time_s}
+        if self.cnfs and state.nfe_totals[2]:  # means over every training step
+            forward, backward, steps = state.nfe_totals
+            final |= {"train/nfe_forward_mean": forward / steps,
+                      "train/nfe_backward_mean": backward / steps}  # fmt: skip
         tracker.log_metrics(final, state.step)
         fig_dir = self.workdir / "figures"
         fig_dir.mkdir(exist_ok=True)

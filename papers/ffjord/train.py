@@ -5,11 +5,13 @@ from __future__ import annotations
 from common.run.cli import run_cli
 from common.run.config import DiagonalGaussianModel, RunConfig, model_union
 from common.run.vector_models import GlowMLPModel, RealNVPMLPModel
-from papers.ffjord.model import FFJORDModel, build_model
+from papers.ffjord.model import FFJORDModel, FFJORDMultiscaleModel, build_model
 
 
 class FFJORDConfig(RunConfig):
-    model: model_union(FFJORDModel, GlowMLPModel, RealNVPMLPModel, DiagonalGaussianModel)  # type: ignore[valid-type]
+    model: model_union(
+        FFJORDModel, FFJORDMultiscaleModel, GlowMLPModel, RealNVPMLPModel, DiagonalGaussianModel
+    )  # type: ignore[valid-type]
 
 
 CONFIG = FFJORDConfig  # the config class of this paper's experiments (found by the tests)
