@@ -267,6 +267,25 @@ def claims_section(meta: dict, groups: dict[str, Group], paper: str, profile: st
     return lines + table(header, rows) + (["", "Notes:", "", *notes] if notes else [])
 
 
+def curves_section(
+    client, spec: dict, groups: dict[str, Group], fig_dir: Path, rel: Path
+) -> list[str]:
+    """A ``curves`` entry of paper.yaml: the metric's history of every seed of the named
+    experiments in one figure, and the runs' ``summary_metric`` (mean ± std over seeds)."""
+    gs = [groups[e] for e in spec["experiments"] if e in groups]
+    lines = ["", f"## {spec['title']}", "", spec["intro"], ""]
+    if not gs:
+        return lines + ["No runs of these experiments at this profile.", ""]
+    name = "curves_" + spec["metric"].replace("/", "_") + f"_{gs[0].experiment}.png"
+    datasets = ", ".join(sorted({g.dataset for g in gs}))
+    path = curves_figure(client, gs, datasets, fig_dir / name, spec["metric"], spec["label"])
+    lines += [f"![{spec['label']}]({rel / path.name})", ""]
+    if metric := spec.get("summary_metric"):
+        rows = [[f"`{g.experiment}`", g.dataset, fmt(g.stat(metric), 1)] for g in gs]
+        lines += table(["experiment", "dataset", f"`{metric}`"], rows) + [""]
+    return lines
+
+
 def generate_report(
     paper: str,
     profile: str,
@@ -307,6 +326,8 @@ def generate_report(
         )
     for ordering in meta.get("orderings", []):
         lines += ordering_section(ordering, groups)
+    for spec_ in meta.get("curves", []):
+        lines += curves_section(client, spec_, groups, fig_dir, rel)
     if "ablation" in meta:  # its own target and report: more seeds, run to convergence
         lines += [
             "",
