@@ -8,6 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from common.data import Dataset
 from common.flows.continuous import CNF
 from common.flows.testing import check_bijector
 from common.run.config import ConfigError, load_config
@@ -91,3 +92,38 @@ def test_multiscale_model_arranges_cnfs_around_each_squeeze(data_root):
         m.atol = m.rtol = m.test_atol = m.test_rtol = 1e-9
     x = torch.rand(2, 1, 8, 8) * 0.9 + 0.05
     check_bijector(flow.transform, x, atol=1e-5)
+
+
+def _conv_net_params(c: int, hidden: list[int]) -> int:
+    """3×3 concat convolutions c → hidden → c, each input with the time channel."""
+    widths = [c, *hidden, c]
+    return sum(9 * (a + 1) * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+@pytest.mark.parametrize(("experiment", "shape", "channels"),
+                         [("mnist_ffjord", (1, 28, 28), [1, 4, 2, 8, 4]),
+                          ("cifar10_ffjord", (3, 32, 32), [3, 12, 6, 24, 12, 48, 24])])  # fmt: skip
+def test_paper_image_models_have_the_authors_size(experiment, shape, channels):
+    """Per scale 2 CNFs before and 2 after the squeeze (the last scale: 2, unsqueezed), each
+    f = 64-64-64 concat convolutions on that many channels, and a (fixed) end time each."""
+    cfg = load_config(CONFIG, SMOKE.parents[1] / "paper" / f"{experiment}.yaml")
+    x = torch.zeros(2, *shape, dtype=torch.uint8)
+    flow = build_model(cfg.model, Dataset("fake", x, x, x, 256, md5="0"))
+    expected = sum(2 * (_conv_net_params(c, [64, 64, 64]) + 1) for c in channels)
+    assert sum(p.numel() for p in flow.parameters()) == expected
+
+
+@pytest.mark.parametrize(("experiment", "d", "blocks", "hidden", "squash"),
+                         [("power_ffjord", 6, 5, [60] * 3, False),
+                          ("miniboone_ffjord", 43, 1, [860] * 2, False),
+                          ("bsds300_ffjord", 63, 2, [1260] * 3, True)])  # fmt: skip
+def test_paper_tabular_models_have_the_authors_size(experiment, d, blocks, hidden, squash):
+    """Blocks of f with widths hdim_factor × D: concat layers (the input and t → out) or
+    concatsquash (x → out, with a gate and a bias from t), and each block's end time."""
+    cfg = load_config(CONFIG, SMOKE.parents[1] / "paper" / f"{experiment}.yaml")
+    x = torch.zeros(2, d)
+    flow = build_model(cfg.model, Dataset("fake", x, x, x, None, md5="0"))
+    widths = [d, *hidden, d]
+    pairs = list(zip(widths[:-1], widths[1:], strict=True))
+    per_net = sum((a * b + b + 2 * b + b) if squash else ((a + 1) * b + b) for a, b in pairs)
+    assert sum(p.numel() for p in flow.parameters()) == blocks * (per_net + 1)

@@ -124,7 +124,7 @@ def test_all_papers_smoke_end_to_end(clone):
     ("paper", "experiment"),
     [("nice", "mnist_nice"), ("realnvp", "cifar10_realnvp"), ("glow", "cifar10_glow"),
      ("maf_iaf", "hepmass_maf_mog5"), ("maf_iaf", "mnist_vae_iaf"),
-     ("iresnet", "cifar10_iresnet")],
+     ("iresnet", "cifar10_iresnet"), ("ffjord", "cifar10_ffjord"), ("ffjord", "bsds300_ffjord")],
 )  # fmt: skip
 def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
     result = snakemake(clone, "-n", f"reproduce_{paper}", "--config", "profile=paper")

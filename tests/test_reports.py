@@ -99,6 +99,19 @@ def test_verdict_does_not_hold_when_a_pair_is_significantly_reversed():
     assert "`reverse` beats `shuffle`" not in verdict  # that pair is in the paper's direction
 
 
+def test_first_only_claim_holds_without_ordering_the_rest():
+    """FFJORD's toys: the first beats each other (the others' own order, here reversed and
+    not significant, is neither claimed nor tested); a significant reversal still refutes."""
+    expected = [group("ffjord", [3.00, 3.01, 2.99]), group("glow", [3.30, 3.20, 3.40]),
+                group("realnvp", [3.25, 3.20, 3.30])]  # fmt: skip
+    verdict = "\n".join(_ablation_verdict("toys", expected, "test/bpd", first_only=True))
+    assert "**holds**" in verdict and "`glow` − `realnvp`" not in verdict
+    assert "**holds**" not in "\n".join(_ablation_verdict("toys", expected, "test/bpd"))
+    expected[0] = group("ffjord", [3.50, 3.51, 3.49])
+    verdict = "\n".join(_ablation_verdict("toys", expected, "test/bpd", first_only=True))
+    assert "**does not hold**" in verdict and "`realnvp` beats `ffjord`" in verdict
+
+
 def test_verdict_needs_two_seeds():
     verdict = _ablation_verdict("x", [group("a", [2.0]), group("b", [2.1, 2.2])], "test/bpd")
     assert "not resolved" in verdict[0]

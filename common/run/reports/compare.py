@@ -76,19 +76,23 @@ def goal_verdict(values: Sequence[float], at_most: float) -> str:
     return "**no**" if iv.low > at_most else "not resolved"
 
 
-def ablation_verdict(name: str, expected: list[Group], metric: str) -> list[str]:
+def ablation_verdict(
+    name: str, expected: list[Group], metric: str, first_only: bool = False
+) -> list[str]:
     """Does the paper's order of ``expected`` (best first; lower ``metric`` is better) hold?
 
     Every pair (i, j), i before j in the paper's order, is tested with Welch's t; the p-values
     are Holm-corrected over all pairs, since the one verdict rests on all of them. The order
     **holds** when every neighbouring pair is significantly in the paper's direction, **does
     not hold** when some pair is significantly in the opposite direction, and is **not
-    resolved** otherwise. Returns the verdict line and one indented line per pair."""
+    resolved** otherwise. With ``first_only`` the claim is only that the first beats each of
+    the others: those pairs alone are tested (and corrected) and must all agree for it to
+    hold. Returns the verdict line and one indented line per pair."""
     values = {g.experiment: g.values(metric) for g in expected}
     names = [g.experiment for g in expected]
     if any(len(v) < 2 for v in values.values()):
         return [f"- {name}: **not resolved**: an experiment has fewer than 2 seeds."]
-    pairs = list(combinations(names, 2))
+    pairs = [(names[0], b) for b in names[1:]] if first_only else list(combinations(names, 2))
     tests = [welch(values[a], values[b]) for a, b in pairs]
     adjusted = holm([t.p for t in tests])
     agree, against, lines = set(), [], []
@@ -103,10 +107,13 @@ def ablation_verdict(name: str, expected: list[Group], metric: str) -> list[str]
         )
     n = min(len(v) for v in values.values())
     order = " < ".join(f"`{e}`" for e in names)
+    needed = pairs if first_only else list(zip(names, names[1:], strict=False))
+    if first_only:
+        order = f"`{names[0]}` < each of " + ", ".join(f"`{e}`" for e in names[1:])
     if against:
         shown = ", ".join(f"`{b}` beats `{a}`" for a, b in against)
         head = f"the paper's ordering ({order}) **does not hold**: {shown}"
-    elif all((a, b) in agree for a, b in zip(names, names[1:], strict=False)):
+    elif all(pair in agree for pair in needed):
         head = f"the paper's ordering ({order}) **holds**"
     else:
         resolved = ", ".join(f"`{a}` < `{b}`" for a, b in pairs if (a, b) in agree)

@@ -148,6 +148,7 @@ def ordering_section(ordering: dict, groups: dict[str, Group]) -> list[str]:
     """An ordering the paper claims (paper.yaml ``orderings``): the experiments' metric in the
     paper's order and the verdict of :func:`ablation_verdict` (every pair tested, Holm)."""
     names, metric = ordering["experiments"], ordering["metric"]
+    pairs = "the first against each other" if ordering.get("claim") == "first" else "every pair"
     rows = [
         [str(rank), f"`{e}`", fmt(groups[e].stat(metric)) if e in groups else "not run"]
         for rank, e in enumerate(names, 1)
@@ -160,7 +161,7 @@ def ordering_section(ordering: dict, groups: dict[str, Group]) -> list[str]:
         "",
         *table(["paper's rank", "experiment", f"{metric} (mean ± std)"], rows),
         "",
-        f"**Verdict at this scale** (every pair tested with Welch's t on the seeds' {metric}, "
+        f"**Verdict at this scale** ({pairs} tested with Welch's t on the seeds' {metric}, "
         "p-values Holm-corrected over the pairs; significant at 5 %):",
         "",
     ]
@@ -171,7 +172,9 @@ def ordering_section(ordering: dict, groups: dict[str, Group]) -> list[str]:
             f"- not every experiment ran at this profile (missing: {shown}): no verdict.",
             "",
         ]
-    return [*lines, *ablation_verdict(ordering["title"], [groups[e] for e in names], metric), ""]
+    first_only = ordering.get("claim", "order") == "first"
+    verdict = ablation_verdict(ordering["title"], [groups[e] for e in names], metric, first_only)
+    return [*lines, *verdict, ""]
 
 
 def _claim_row(claim: dict, groups: dict[str, Group], paper: str, profile: str) -> list[str]:
