@@ -98,8 +98,16 @@ MUTATIONS = [
              "return out[0][-1], out[1][-1]", "return out[0][-1], -out[1][-1]",
              ("tests/test_continuous.py::test_linear_dynamics_give_the_analytic_log_det_and_end_time",)),
     Mutation("NFE: the step's total logged as backward evaluations", "common/run/loop.py",
-             "self.nfe_sums[1] + total - forward,", "self.nfe_sums[1] + total,",
+             "step_nfe = (forward, total - forward, 1)", "step_nfe = (forward, total, 1)",
              ("tests/test_ffjord.py::test_training_logs_forward_and_backward_function_evaluations",)),
+    Mutation("forward tangents: the activation's slope dropped", "common/flows/continuous.py",
+             "                v = v * slope.unsqueeze(1)\n            weight, scale, bias",
+             "                pass\n            weight, scale, bias",
+             ("tests/test_continuous.py::test_forward_tangents_and_vector_jacobian_products_agree",)),
+    Mutation("ordering claim 'first': the others' order required too",
+             "common/run/reports/compare.py",
+             "needed = pairs if first_only else", "needed = list(zip(names, names[1:])) or",
+             ("tests/test_reports.py::test_first_only_claim_holds_without_ordering_the_rest",)),
 ]  # fmt: skip
 
 
