@@ -117,9 +117,20 @@ def test_verdict_needs_two_seeds():
     assert "not resolved" in verdict[0]
 
 
-def _nll(name, values):
+def _nll(name, values, model="glow"):
     runs = [Run(summary(name, i, {"test/nll": v}), Path(".")) for i, v in enumerate(values)]
-    return Group(name, "digits", "glow", runs)
+    return Group(name, "digits", model, runs)
+
+
+def test_nll_table_tests_against_the_baseline_only_when_one_ran():
+    from common.run.reports.paper import _nll_section
+
+    flows = [_nll("a", [2.0, 2.1, 2.0]), _nll("b", [2.2, 2.3, 2.2])]
+    without = "\n".join(_nll_section({"digits": flows}, "cpu", "diagonal_gaussian"))
+    assert "vs baseline" not in without and "No baseline was run" in without
+    base = _nll("gauss", [3.0, 3.0, 3.0], model="diagonal_gaussian")
+    with_base = "\n".join(_nll_section({"digits": [*flows, base]}, "cpu", "diagonal_gaussian"))
+    assert "| vs baseline |" in with_base and "| baseline |" in with_base
 
 
 def test_baseline_verdict_direction_and_resolution():
