@@ -50,9 +50,13 @@ def curves_figure(
     ax.set_ylabel(ylabel)
     if metric.endswith("kl"):
         ax.set_yscale("log")
-    ax.set_title(f"{dataset}: {ylabel}, every seed", fontsize=9)
+    ax.set_title(f"{dataset}: {ylabel}, every seed" if "," not in dataset
+                 else f"{ylabel}, every seed", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(groups) > 4:  # beside the axes, where it hides no curve
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend()
     save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
