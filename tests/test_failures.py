@@ -252,6 +252,22 @@ def test_cli_truncated_checkpoint(data_root, tmp_path, capsys):
     assert code == 1 and f"{ckpt} cannot be read" in err and "Move it aside" in err
 
 
+def test_cli_negative_seed_and_cuda_without_a_gpu(data_root, tmp_path, capsys, monkeypatch):
+    code, err = run_nice(capsys, *nice_smoke(data_root, tmp_path, "seed=-1"), "--no-tracking")
+    assert code == 2 and "seed" in err and "greater than or equal to 0" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = run_nice(capsys, *nice_smoke(data_root, tmp_path, "device=cuda"),
+                         "--no-tracking", "--workdir", tmp_path / "run")  # fmt: skip
+    assert code == 2 and "no GPU" in err and "device=cpu" in err
+
+
+def test_cli_stop_after_says_how_to_resume(data_root, tmp_path, capsys):
+    argv = [*nice_smoke(data_root, tmp_path), "--no-tracking", "--workdir", tmp_path / "run"]
+    nice_main([*map(str, argv), "--no-progress", "--stop-after", "3"])
+    err = capsys.readouterr().err
+    assert "stopped after step 3" in err and "same command" in err
+
+
 @pytest.mark.parametrize("uri", ["runs/mlflow.db", "sqlite:///{tmp}/afile/mlflow.db"],
                          ids=["unsupported", "unwritable"])  # fmt: skip
 def test_cli_bad_tracking_uri(data_root, tmp_path, capsys, uri):

@@ -79,10 +79,15 @@ def run_cli(
             if args.no_tracking
             else Tracker(args.tracking_uri or default_tracking_uri(), cfg.paper)
         )
-        return train(
+        result = train(
             cfg, objective(cfg, build_model), workdir, tracker, args.stop_after,
             progress=not args.no_progress, continue_with_changes=args.continue_with_changes,
         )  # fmt: skip
+        if isinstance(result, StoppedAt):
+            print(f"stopped after step {result.step} with a checkpoint in {workdir}: run the "
+                  "same command without --stop-after (or with a larger one) to resume",
+                  file=sys.stderr)  # fmt: skip
+        return result
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint",
               file=sys.stderr)  # fmt: skip

@@ -169,7 +169,7 @@ class RunBase(StrictModel):
     paper: str
     experiment: str = Field(..., description="experiment name: unique within the paper")
     scale: Scale = Field(..., description="smoke (seconds), cpu (minutes), paper (GPU)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds torch, numpy and Python's random (≥ 0)")
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     threads: int = Field(1, gt=0, description="torch intra-op threads (1: parallel jobs)")
 

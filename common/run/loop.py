@@ -164,7 +164,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config asks for device 'cuda' but no GPU is visible")
+        raise ConfigError(
+            "device 'cuda' was asked for but PyTorch sees no GPU (torch.cuda.is_available() is "
+            f"False; this build: torch {torch.__version__}): use --set device=cpu, or "
+            "device=auto to take a GPU only where there is one"
+        )
     return torch.device(name)
 
 
