@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import tomllib
 
 from mlflow.tracking import MlflowClient
 
@@ -26,6 +29,8 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     for key in ("paper", "experiment", "scale", "seed", "git_commit", "git_dirty", "data_md5"):
         assert key in tags, key
     assert (tags["paper"], tags["experiment"], tags["scale"]) == ("nice", "digits_test", "smoke")
+    lock = hashlib.sha256((REPO_ROOT / "requirements.lock").read_bytes()).hexdigest()
+    assert tags["requirements_lock_sha256"] == lock  # the environment the run had
     assert run.data.params["train.batch_size"] == "32"
     assert run.data.params["model.name"] == "nice"
     assert run.info.status == "FINISHED"
@@ -118,3 +123,20 @@ def test_parallel_jobs_can_create_a_fresh_store_together(tmp_path):
     )
     assert sorted(r.info.run_name for r in runs) == [f"job{i}" for i in range(4)]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_lock_file_pins_what_pyproject_pins():
+    """requirements.lock (make setup's input) holds every direct dependency at pyproject's
+    version, and nothing unpinned: a stale lock after a pin change fails here."""
+    lines = (REPO_ROOT / "requirements.lock").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) for name in pins)
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    locked = {norm(k): v for k, v in pins.items()}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"]:
+        name, version = dep.split("==")
+        assert locked.get(norm(name)) == version, dep

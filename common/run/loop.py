@@ -51,7 +51,7 @@ from common.run.steps import (
     eager_gradient,
 )
 from common.run.summary import Budget, Continuation, RunSummary
-from common.run.tracking import NullTracker, git_state
+from common.run.tracking import NullTracker, git_state, lock_hash
 
 __all__ = [
     "CheckpointError",
@@ -370,6 +370,7 @@ class _Run:
             "paper": cfg.paper, "experiment": cfg.experiment, "scale": cfg.scale,
             "seed": cfg.seed, "dataset": objective.dataset, "model": cfg.model.name,
             "git_commit": self.git_commit, "git_dirty": self.git_dirty,
+            "requirements_lock_sha256": lock_hash(),
             "data_md5": objective.data_md5, "num_params": self.num_params,
             "device": str(self.device),
             "compiled": self.tc.compile and not self.compile_blocker,

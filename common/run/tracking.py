@@ -15,6 +15,7 @@ consumers (Snakemake, the report generator).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import time
@@ -28,6 +29,7 @@ __all__ = [
     "default_tracking_uri",
     "git_state",
     "init_store",
+    "lock_hash",
     "sqlite_uri",
 ]
 
@@ -60,6 +62,18 @@ def _artifact_root(tracking_uri: str) -> str:
 # executes, so they never make a run "dirty" (the reports of one paper are rewritten while
 # another paper's jobs are still starting).
 GENERATED = ("reports", "data.dvc")
+
+
+LOCK_FILE = REPO_ROOT / "requirements.lock"
+
+
+def lock_hash(path: Path = LOCK_FILE) -> str:
+    """SHA-256 of the lock file of the full resolved environment (``requirements.lock``, what
+    ``make setup`` installs), recorded with every run; "missing" where there is none."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
 
 
 def git_state(cwd: Path = REPO_ROOT) -> tuple[str, bool]:
