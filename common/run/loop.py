@@ -235,6 +235,10 @@ class _Run:
             raise ConfigError("train.patience needs an objective that selects a best model")
         self.model = objective.build(self.device).to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        # what common.run.load needs to rebuild this model without the dataset
+        spec = {"objective": type(objective).__name__, **objective.model_spec()}
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.ckpt_dir / "model.json", json.dumps(spec, indent=1))
         self.compile_blocker = compile_blocker() if self.tc.compile else None
         if self.compile_blocker:
             print(f"note: train.compile is on, but {self.compile_blocker}: training eagerly "
@@ -511,6 +515,7 @@ class _Run:
         for record in figures:
             tracker.log_artifact(self.workdir / record.path, "figures")
         tracker.log_artifact(kept, "checkpoints")
+        tracker.log_artifact(self.ckpt_dir / "model.json", "checkpoints")  # for load_flow
         tc = self.tc
         summary = RunSummary(
             run_id=self.run_id, paper=cfg.paper, experiment=cfg.experiment, scale=cfg.scale,

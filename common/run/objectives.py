@@ -92,6 +92,12 @@ class Objective:
     def build(self, device: torch.device) -> Flow:
         raise NotImplementedError
 
+    def model_spec(self) -> dict[str, Any]:
+        """What rebuilding the built model needs besides the config (after :meth:`build`),
+        saved beside the checkpoints for :func:`common.run.load.load_flow`: none by default
+        (a variational fit builds from its target, named in the config)."""
+        return {}
+
     def batch(self, model: Flow, step: int) -> Any:
         raise NotImplementedError
 
@@ -223,6 +229,17 @@ class MaximumLikelihood(Objective):
             raise ConfigError("train.batch_norm_stats: 'training_set' needs a model with batch "
                               "norm layers; this one has none")  # fmt: skip
         return model
+
+    def model_spec(self) -> dict[str, Any]:
+        """The data's shape and kind (no values): enough to build the model without the
+        dataset (:func:`common.run.load.stand_in_dataset`)."""
+        data = self.data
+        return {"data": {
+            "name": data.name, "event_shape": list(data.event_shape),
+            "num_levels": data.num_levels, "num_classes": data.num_classes,
+            "context_features": data.context_features,
+            "dtype": str(data.x_train.dtype).removeprefix("torch."),
+        }}  # fmt: skip
 
     def context(self, split: str, index: Tensor | None = None) -> Tensor | None:
         """The one-hot labels ``(N, num_classes)`` of ``split`` (rows ``index``) for a

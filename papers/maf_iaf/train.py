@@ -37,8 +37,11 @@ def objective(cfg, build):
     return MaximumLikelihood(cfg, build)
 
 
+OBJECTIVE = objective  # how its runs train (common.run.load rebuilds with it)
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_cli(CONFIG, build_model, argv, paper="maf_iaf", objective=objective)
+    run_cli(CONFIG, build_model, argv, paper="maf_iaf", objective=OBJECTIVE)
 
 
 if __name__ == "__main__":

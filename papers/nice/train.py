@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.run.cli import run_cli
 from common.run.config import DiagonalGaussianModel, RunConfig, model_union
+from common.run.objectives import MaximumLikelihood
 from papers.nice.model import NiceModel, build_model
 
 
@@ -12,6 +13,7 @@ class NiceConfig(RunConfig):
 
 
 CONFIG = NiceConfig  # the config class of this paper's experiments (found by the tests)
+OBJECTIVE = MaximumLikelihood  # how its runs train (common.run.load rebuilds with it)
 
 
 def main(argv: list[str] | None = None) -> None:
