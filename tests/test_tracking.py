@@ -29,6 +29,11 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     for key in ("paper", "experiment", "scale", "seed", "git_commit", "git_dirty", "data_md5"):
         assert key in tags, key
     assert (tags["paper"], tags["experiment"], tags["scale"]) == ("nice", "digits_test", "smoke")
+    # MLflow's Source and Version columns, and a name that says what ran, where and when
+    assert tags["mlflow.source.name"] == "papers/nice/train.py"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    assert re.fullmatch(r"nice/digits_test/seed0 · smoke · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d",
+                        run.info.run_name)  # fmt: skip
     lock = hashlib.sha256((REPO_ROOT / "requirements.lock").read_bytes()).hexdigest()
     assert tags["requirements_lock_sha256"] == lock  # the environment the run had
     assert run.data.params["train.batch_size"] == "32"

@@ -379,8 +379,13 @@ class _Run:
             "device": str(self.device),
             "compiled": self.tc.compile and not self.compile_blocker,
         }  # fmt: skip
+        # MLflow's own fields, so that its UI fills the Source and Version columns
+        tags |= {"mlflow.source.name": f"papers/{cfg.paper}/train.py",
+                 "mlflow.source.git.commit": self.git_commit}  # fmt: skip
         params = flatten(cfg.model_dump(mode="json"))
-        name = f"{cfg.experiment}/seed{cfg.seed}"
+        # readable and unique: what ran, at which scale, and when it started
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        name = f"{cfg.paper}/{cfg.experiment}/seed{cfg.seed} · {cfg.scale} · {started}"
         run_id = self.tracker.start(name, tags, params, self.run_id)
         if self.continued_at is not None:  # in this call
             changes = self.state.continuations[-1]["changes"]  # MLflow params are immutable
