@@ -1,11 +1,15 @@
-# Helpers shared by the rule files: paths, experiment discovery, the Python interpreter.
+# Helpers shared by the pipeline's files (paths, experiment discovery, the Python interpreter).
 import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(workflow.basedir)
-PY = sys.executable  # the interpreter running Snakemake: the project's virtualenv
+# The interpreter of the jobs: the one running Snakemake (the project's virtualenv), or the
+# rule's conda environment's own under --software-deployment-method conda.
+_CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
+PY = "python" if _CONDA else sys.executable
+ENV = "envs/flows.yaml"  # relative to pipelines/: every rule's conda environment
 PROFILE = config["profile"]
 PAPERS = config["papers"]
 SEEDS = config["seeds"][PROFILE]

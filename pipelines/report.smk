@@ -11,15 +11,19 @@ rule measure:
         "runs/{profile}/{paper}/measurements/{name}.json",
     params:
         module=lambda wc: measurement_module(wc.paper, wc.name),
+        py=PY,
     log:
         "runs/logs/measure_{profile}_{paper}_{name}.log",
+    conda:
+        ENV
     threads: workflow.cores
     shell:
-        "{PY:q} -m {params.module:q} --profile {wildcards.profile:q} --out {output:q}"
+        "{params.py:q} -m {params.module:q} --profile {wildcards.profile:q} --out {output:q}"
         " > {log:q} 2>&1"
 
 
 rule report:
+    """reports/<paper>.md: the paper's numbers beside ours, orderings tested, figures."""
     wildcard_constraints:
         paper="|".join(PAPERS),  # not <paper>_ablation
     input:
@@ -29,32 +33,46 @@ rule report:
         store=ancient(MLFLOW_DB),
     output:
         report=report_path("{paper}"),
+    params:
+        py=PY,
+        profile=PROFILE,
+        tracking_uri=TRACKING_URI,
     log:
         f"runs/logs/report_{PROFILE}_{{paper}}.log",
+    conda:
+        ENV
     localrule: True
     shell:
-        "{PY:q} -m common.run.reports paper --paper {wildcards.paper:q} --profile {PROFILE:q}"
-        " --tracking-uri {TRACKING_URI:q} --metrics {input.metrics:q}"
+        "{params.py:q} -m common.run.reports paper --paper {wildcards.paper:q} --profile {params.profile:q}"
+        " --tracking-uri {params.tracking_uri:q} --metrics {input.metrics:q}"
         " --measurements {input.measurements:q} --out {output.report:q} > {log:q} 2>&1"
 
 
 rule report_ablation:
+    """reports/<paper>_ablation.md from the ablation's runs (more seeds than the main ones)."""
     input:
         metrics=lambda wc: ablation_outputs(wc.paper),
         claims="papers/{paper}/paper.yaml",
         store=ancient(MLFLOW_DB),
     output:
         report=ablation_report_path("{paper}"),
+    params:
+        py=PY,
+        profile=PROFILE,
+        tracking_uri=TRACKING_URI,
     log:
         f"runs/logs/report_{PROFILE}_{{paper}}_ablation.log",
+    conda:
+        ENV
     localrule: True
     shell:
-        "{PY:q} -m common.run.reports ablation --paper {wildcards.paper:q} --profile {PROFILE:q}"
-        " --tracking-uri {TRACKING_URI:q} --metrics {input.metrics:q} --out {output.report:q}"
+        "{params.py:q} -m common.run.reports ablation --paper {wildcards.paper:q} --profile {params.profile:q}"
+        " --tracking-uri {params.tracking_uri:q} --metrics {input.metrics:q} --out {output.report:q}"
         " > {log:q} 2>&1"
 
 
 rule report_index:
+    """reports/README.md: every paper's index experiment side by side on digits."""
     input:
         metrics=index_run_outputs(),
         reports=[report_path(p) for p in PAPERS],
@@ -64,10 +82,15 @@ rule report_index:
         index=index_path(),
     params:
         baseline=f"{config['index_baseline']['paper']}/{config['index_baseline']['experiment']}",
+        py=PY,
+        profile=PROFILE,
+        papers=PAPERS,
     log:
         f"runs/logs/report_{PROFILE}_index.log",
+    conda:
+        ENV
     localrule: True
     shell:
-        "{PY:q} -m common.run.reports index --papers {PAPERS:q} --profile {PROFILE:q}"
+        "{params.py:q} -m common.run.reports index --papers {params.papers:q} --profile {params.profile:q}"
         " --baseline {params.baseline:q} --metrics {input.metrics:q} --out {output.index:q}"
         " > {log:q} 2>&1"

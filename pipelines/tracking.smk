@@ -4,8 +4,18 @@
 
 
 rule mlflow_store:
+    """The MLflow store every training job logs to, with one experiment per paper."""
     output:
         MLFLOW_DB,
+    params:
+        py=PY,
+        tracking_uri=TRACKING_URI,
+        papers=PAPERS,
+    log:
+        "runs/logs/mlflow_store.log",
+    conda:
+        ENV
     localrule: True
     shell:
-        "{PY:q} -m common.run.tracking init --tracking-uri {TRACKING_URI:q} --experiments {PAPERS:q}"
+        "{params.py:q} -m common.run.tracking init --tracking-uri {params.tracking_uri:q}"
+        " --experiments {params.papers:q} > {log:q} 2>&1"

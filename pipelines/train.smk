@@ -6,6 +6,8 @@
 
 
 rule train:
+    """One training run: papers/<paper>/train.py on one experiment config and seed, logging to
+    the MLflow store and writing its metrics.json last (the job's output)."""
     input:
         config=lambda wc: experiment_config(wc.paper, wc.profile, wc.experiment),
         data=lambda wc: data_inputs(wc.paper, wc.profile, wc.experiment),
@@ -16,11 +18,15 @@ rule train:
         f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/train.log",
     params:
         workdir=lambda wc: run_dir(wc.profile, wc.paper, wc.experiment, wc.seed),
+        py=PY,
+        tracking_uri=TRACKING_URI,
+    conda:
+        ENV
     threads: 1
     priority: train_priority
     resources:
         gpu=lambda wc: gpu_jobs(wc.paper, wc.profile, wc.experiment),
     shell:
-        "{PY:q} -m papers.{wildcards.paper:q}.train --config {input.config:q}"
+        "{params.py:q} -m papers.{wildcards.paper:q}.train --config {input.config:q}"
         " --set seed={wildcards.seed:q} --workdir {params.workdir:q}"
-        " --tracking-uri {TRACKING_URI:q} --no-progress > {log:q} 2>&1"
+        " --tracking-uri {params.tracking_uri:q} --no-progress > {log:q} 2>&1"

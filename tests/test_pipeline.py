@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """Snakemake as ``make reproduce`` runs it: with the clone's own ``.venv`` interpreter
-    (a link to this one's environment), so the jobs' ``{PY}`` lies under the clone's path."""
+    (a link to this one's environment), so the jobs' interpreter (``params.py``) lies under
+    the clone's path."""
     python = cwd / ".venv/bin/python"
     python = python if python.exists() else Path(sys.executable)
     env = dict(os.environ, PATH=f"{python.parent}:{os.environ['PATH']}")
@@ -225,3 +226,12 @@ def test_paper_scale_ablation_is_the_authors_cifar10_command(clone):
     job = out[out.index("experiment=cifar10_shuffle_additive, seed=2") :].split("Shell command")[0]
     assert "gpu=1" in job
     assert out.count("rule train:") == 18  # 6 variants × the authors' seeds 0, 1, 2
+
+
+def test_workflow_lints_clean(clone):
+    """`snakemake --lint`: every rule documented, logged, given its conda environment, and
+    no shell command reading a global (its values go through params, so Snakemake tracks
+    them)."""
+    result = snakemake(clone, "--lint")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "Congratulations" in out, out[-3000:]
