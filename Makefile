@@ -62,8 +62,10 @@ lint: setup
 	$(BIN)/python -m ruff check --fix .
 	$(BIN)/python -m ruff format .
 
+## Browse the runs in MLflow's UI on http://127.0.0.1:$(PORT) (make mlflow-ui PORT=5001)
+PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/python -m mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1
+	$(BIN)/python -m mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf runs .snakemake reports/smoke reports/paper

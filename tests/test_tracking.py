@@ -24,6 +24,8 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
                              progress=False)  # fmt: skip
 
     client = MlflowClient(tracking_uri=uri)
+    note = client.get_experiment_by_name("nice").tags["mlflow.note.content"]
+    assert "NICE" in note and "arxiv.org" in note  # the experiment says which paper it is
     run = client.get_run(out.run_id)
     tags = run.data.tags
     for key in ("paper", "experiment", "scale", "seed", "git_commit", "git_dirty", "data_md5"):

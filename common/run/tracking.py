@@ -142,11 +142,27 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         return exp.experiment_id
 
 
+def experiment_description(paper: str) -> str | None:
+    """The paper's title, citation and link from ``papers/<paper>/paper.yaml`` (Markdown, for
+    the MLflow experiment's description), or None without one."""
+    path = REPO_ROOT / "papers" / paper / "paper.yaml"
+    if not path.exists():
+        return None
+    import yaml
+
+    meta = yaml.safe_load(path.read_text())
+    return (f"**{meta['title']}**\n\n{meta['citation']}\n\n<{meta['url']}> · reproduced in "
+            f"`papers/{paper}`, reported in `reports/{paper}.md`")  # fmt: skip
+
+
 def init_store(tracking_uri: str, experiments: list[str]) -> None:
-    """Create the store (if new) and one MLflow experiment per paper. Idempotent."""
+    """Create the store (if new) and one MLflow experiment per paper, described by its
+    paper.yaml (the description MLflow's UI shows on the experiment's page). Idempotent."""
     client = _client(tracking_uri)
     for name in experiments:
-        _experiment_id(client, name, tracking_uri)
+        experiment_id = _experiment_id(client, name, tracking_uri)
+        if description := experiment_description(name):
+            client.set_experiment_tag(experiment_id, "mlflow.note.content", description)
 
 
 class NullTracker:
@@ -166,7 +182,8 @@ class NullTracker:
 
 class Tracker(NullTracker):
     """MLflow-backed tracker; one instance per run. ``experiment`` is the MLflow experiment
-    (the paper); the run is named ``<experiment>/seed<k>``.
+    (the paper); the trainer names the run ``<paper>/<experiment>/seed<k> · <scale> ·
+    <start time>``.
 
     Metrics are buffered and written in batches, at most ``flush_seconds`` apart, at every
     :meth:`flush` (the loop flushes at each checkpoint, so a resumed run loses none) and at
