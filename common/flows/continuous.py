@@ -13,12 +13,12 @@ integrated beside z as a second state. The trace is computed (``divergence``)
 - ``"hutchinson"``: εᵀ(∂f/∂z)ε with one ε (Gaussian or Rademacher) drawn per solve and kept
   fixed through it (FFJORD, Sec. 3.1): an unbiased estimate of the log-det, from one product.
 
-With :class:`ODENet` and :class:`ODEConvNet` the Jacobian-vector products are pushed forward through the layers
-beside the values (forward-mode, by hand: each layer is affine in its input), one pass that
-autograd differentiates once; FFJORD's vector-Jacobian products need a graph of their own and
-a double backward (measured on FFJORD's 2-D toy model, batch 256, 20 evaluations, one
-thread: 51 ms per training step against 62 ms; for Hutchinson's single product the two are
-on par, D = 16 and 63), and remain the path for any other network.
+With :class:`ODENet` and :class:`ODEConvNet` the Jacobian-vector products are pushed forward
+through the layers beside the values (forward-mode, by hand: each layer is affine in its
+input), one pass that autograd differentiates once; FFJORD's vector-Jacobian products need a
+graph of their own and a double backward (measured on FFJORD's 2-D toy model, batch 256, 20
+evaluations, one thread: 51 ms per training step against 62 ms; for Hutchinson's single
+product the two are on par, D = 16 and 63), and remain the path for any other network.
 
 The integration time T is trainable (FFJORD's ``train_T``): the solver runs over s ∈ [0, 1]
 with the dynamics T·f(sT, z), so T is an ordinary parameter of the dynamics, for backprop
