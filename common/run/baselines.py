@@ -1,4 +1,5 @@
-"""Baseline densities every paper is compared against."""
+"""Baseline densities every paper is compared against, and what the papers' model builders
+share (data preprocessing, the multi-scale models' shape check)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,30 @@ from common.flows.dequantize import Logit, UniformDequantization
 from common.flows.distributions import StandardNormal
 from common.flows.flow import Flow
 from common.flows.layers import ElementwiseAffine, Reshape
-from common.run.config import DiagonalGaussianModel
+from common.run.config import ConfigError, DiagonalGaussianModel
 
 __all__ = [
     "build_diagonal_gaussian",
     "data_preprocessing",
     "fit_diagonal_gaussian",
+    "multiscale_image_shape",
     "with_baseline",
 ]
+
+
+def multiscale_image_shape(
+    data: Dataset, model: str, key: str, value: int, halvings: int
+) -> tuple[int, int, int]:
+    """``(C, H, W)`` of ``data`` for a multi-scale ``model`` whose config key ``key``
+    (= ``value``) halves H and W ``halvings`` times; a :class:`ConfigError` naming the key
+    where the data is not discrete images or the sizes do not divide."""
+    if not data.is_image or not data.num_levels:
+        raise ConfigError(f"{model} needs image data, not {data.name!r}")
+    C, H, W = data.event_shape
+    if H % 2**halvings or W % 2**halvings:
+        raise ConfigError(f"model.{key}={value} needs H and W divisible by {2**halvings}; "
+                          f"{data.name} is {H}×{W}")  # fmt: skip
+    return C, H, W
 
 
 def data_preprocessing(data: Dataset) -> tuple[UniformDequantization | None, list]:

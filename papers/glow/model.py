@@ -35,8 +35,8 @@ from common.flows.elementwise import Additive, SigmoidAffine
 from common.flows.flow import Flow
 from common.flows.image import ActNorm, InvertibleConv1x1, multi_scale
 from common.flows.nets import GlowConditioner
-from common.run.baselines import with_baseline
-from common.run.config import ConfigError, StrictModel
+from common.run.baselines import multiscale_image_shape, with_baseline
+from common.run.config import StrictModel
 
 __all__ = ["GlowModel", "build_glow", "build_model"]
 
@@ -79,13 +79,8 @@ def _step(num_channels: int, cfg: GlowModel) -> list[Bijector]:
 
 
 def build_glow(cfg: GlowModel, data: Dataset) -> Flow:
-    if not data.is_image or not data.num_levels:
-        raise ConfigError(f"Glow's multi-scale model needs image data, not {data.name!r}")
-    C, H, W = data.event_shape
-    factor = 2**cfg.num_levels
-    if H % factor or W % factor:
-        raise ConfigError(f"model.num_levels={cfg.num_levels} needs H and W divisible by "
-                          f"{factor}; {data.name} is {H}×{W}")  # fmt: skip
+    C, H, W = multiscale_image_shape(data, "Glow's multi-scale model", "num_levels",
+                                     cfg.num_levels, cfg.num_levels)  # fmt: skip
 
     def level(_: int, shape: tuple[int, int, int]) -> list[Bijector]:  # K steps per level
         return [layer for _ in range(cfg.steps_per_level) for layer in _step(shape[0], cfg)]

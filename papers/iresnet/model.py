@@ -31,7 +31,7 @@ from common.flows.flow import Flow
 from common.flows.image import ActNorm, multi_scale
 from common.flows.layers import ElementwiseAffine
 from common.flows.residual import ResidualBlock, lipschitz_conv_net, lipschitz_mlp
-from common.run.baselines import with_baseline
+from common.run.baselines import multiscale_image_shape, with_baseline
 from common.run.config import ConfigError, StrictModel
 from common.run.vector_models import (
     GlowMLPModel,
@@ -107,12 +107,8 @@ def build_iresnet(cfg: IResNetModel, data: Dataset) -> Flow:
 
 
 def build_multiscale_iresnet(cfg: MultiScaleIResNetModel, data: Dataset) -> Flow:
-    if not data.is_image or not data.num_levels:
-        raise ConfigError(f"model 'iresnet_multiscale' needs image data, not {data.name!r}")
-    C, H, W = data.event_shape
-    if H % 2**cfg.num_levels or W % 2**cfg.num_levels:
-        raise ConfigError(f"model.num_levels={cfg.num_levels} needs H and W divisible by "
-                          f"{2**cfg.num_levels}; {data.name} is {H}×{W}")  # fmt: skip
+    C, H, W = multiscale_image_shape(data, "model 'iresnet_multiscale'", "num_levels",
+                                     cfg.num_levels, cfg.num_levels)  # fmt: skip
 
     def level(k: int, shape: tuple[int, int, int]) -> list[Bijector]:
         layers: list[Bijector] = []

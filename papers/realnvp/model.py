@@ -36,8 +36,8 @@ from common.flows.flow import Flow
 from common.flows.image import BatchNorm, Split, Squeeze
 from common.flows.layers import Reshape
 from common.flows.nets import ResNetConditioner
-from common.run.baselines import with_baseline
-from common.run.config import ConfigError, StrictModel
+from common.run.baselines import multiscale_image_shape, with_baseline
+from common.run.config import StrictModel
 from common.run.vector_models import RealNVPMLPModel, build_realnvp_mlp
 
 __all__ = ["RealNVPModel", "build_model", "build_realnvp"]
@@ -97,13 +97,8 @@ def _scale(shape: tuple[int, int, int], scale: int, cfg: RealNVPModel) -> Biject
 
 
 def build_realnvp(cfg: RealNVPModel, data: Dataset) -> Flow:
-    if not data.is_image or not data.num_levels:
-        raise ConfigError(f"RealNVP's multi-scale model needs image data, not {data.name!r}")
-    C, H, W = data.event_shape
-    factor = 2 ** (cfg.num_scales - 1)
-    if H % factor or W % factor:
-        raise ConfigError(f"model.num_scales={cfg.num_scales} needs H and W divisible by "
-                          f"{factor}; {data.name} is {H}×{W}")  # fmt: skip
+    C, H, W = multiscale_image_shape(data, "RealNVP's multi-scale model", "num_scales",
+                                     cfg.num_scales, cfg.num_scales - 1)  # fmt: skip
     transform = Compose(Logit(cfg.logit_alpha), _scale((C, H, W), 0, cfg))
     return Flow(transform, StandardNormal(data.num_dims), UniformDequantization(data.num_levels))
 
