@@ -145,12 +145,11 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
 def experiment_description(paper: str) -> str | None:
     """The paper's title, citation and link from ``papers/<paper>/paper.yaml`` (Markdown, for
     the MLflow experiment's description), or None without one."""
-    path = REPO_ROOT / "papers" / paper / "paper.yaml"
-    if not path.exists():
+    if not (REPO_ROOT / "papers" / paper / "paper.yaml").exists():
         return None
-    import yaml
+    from common.run.reports.meta import load_paper_meta  # validated, as the reports read it
 
-    meta = yaml.safe_load(path.read_text())
+    meta = load_paper_meta(paper)
     return (f"**{meta['title']}**\n\n{meta['citation']}\n\n<{meta['url']}> · reproduced in "
             f"`papers/{paper}`, reported in `reports/{paper}.md`")  # fmt: skip
 

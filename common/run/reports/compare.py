@@ -106,10 +106,12 @@ def ablation_verdict(
             f"Welch {fmt_p(t.p)}, Holm-adjusted {fmt_p(p)})"
         )
     n = min(len(v) for v in values.values())
-    order = " < ".join(f"`{e}`" for e in names)
-    needed = pairs if first_only else list(zip(names, names[1:], strict=False))
-    if first_only:
+    if first_only:  # all its pairs are needed
+        needed = pairs
         order = f"`{names[0]}` < each of " + ", ".join(f"`{e}`" for e in names[1:])
+    else:  # the neighbours are needed; the other pairs follow
+        needed = list(zip(names, names[1:], strict=False))
+        order = " < ".join(f"`{e}`" for e in names)
     if against:
         shown = ", ".join(f"`{b}` beats `{a}`" for a, b in against)
         head = f"the paper's ordering ({order}) **does not hold**: {shown}"

@@ -36,8 +36,10 @@ def curves_figure(
     path: Path,
     metric: str = "val/nll",
     ylabel: str = "validation NLL (nats / example)",
+    title: str | None = None,
 ) -> Path:
-    """``metric`` against steps, every seed of every experiment on ``dataset``."""
+    """``metric`` against steps, every seed of every experiment on ``dataset`` (``title``
+    replaces the default "<dataset>: <ylabel>, every seed")."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for i, g in enumerate(groups):
         for j, run in enumerate(g.runs):
@@ -50,8 +52,7 @@ def curves_figure(
     ax.set_ylabel(ylabel)
     if metric.endswith("kl"):
         ax.set_yscale("log")
-    ax.set_title(f"{dataset}: {ylabel}, every seed" if "," not in dataset
-                 else f"{ylabel}, every seed", fontsize=9)  # fmt: skip
+    ax.set_title(title or f"{dataset}: {ylabel}, every seed", fontsize=9)
     ax.grid(alpha=0.3)
     if len(groups) > 4:  # beside the axes, where it hides no curve
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

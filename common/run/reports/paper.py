@@ -151,7 +151,8 @@ def _goal_line(dataset: str, gs: list[Group], goal: dict) -> list[str]:
 
 def ordering_section(ordering: dict, groups: dict[str, Group]) -> list[str]:
     """An ordering the paper claims (paper.yaml ``orderings``): the experiments' metric in the
-    paper's order and the verdict of :func:`ablation_verdict` (every pair tested, Holm)."""
+    paper's order and the verdict of :func:`ablation_verdict` (every pair tested, or with
+    ``claim: first`` the first against each other; Holm)."""
     names, metric = ordering["experiments"], ordering["metric"]
     pairs = "the first against each other" if ordering.get("claim") == "first" else "every pair"
     rows = [
@@ -286,7 +287,8 @@ def curves_section(
         return lines + ["No runs of these experiments at this profile.", ""]
     name = "curves_" + spec["metric"].replace("/", "_") + f"_{gs[0].experiment}.png"
     datasets = ", ".join(sorted({g.dataset for g in gs}))
-    path = curves_figure(client, gs, datasets, fig_dir / name, spec["metric"], spec["label"])
+    path = curves_figure(client, gs, datasets, fig_dir / name, spec["metric"], spec["label"],
+                         title=f"{spec['label']}, every seed")  # fmt: skip
     lines += [f"![{spec['label']}]({rel / path.name})", ""]
     if metric := spec.get("summary_metric"):
         rows = [[f"`{g.experiment}`", g.dataset, fmt(g.stat(metric), 1)] for g in gs]
