@@ -20,7 +20,7 @@ OBJECTIVE = MaximumLikelihood  # how its runs train (common.run.load rebuilds wi
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(FFJORDConfig, build_model, argv, paper="ffjord")
+    run_cli(FFJORDConfig, build_model, argv, paper="ffjord", objective=OBJECTIVE)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ OBJECTIVE = MaximumLikelihood  # how its runs train (common.run.load rebuilds wi
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(GlowConfig, build_model, argv, paper="glow")
+    run_cli(GlowConfig, build_model, argv, paper="glow", objective=OBJECTIVE)
 
 
 if __name__ == "__main__":

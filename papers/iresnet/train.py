@@ -20,7 +20,7 @@ OBJECTIVE = MaximumLikelihood  # how its runs train (common.run.load rebuilds wi
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(IResNetConfig, build_model, argv, paper="iresnet")
+    run_cli(IResNetConfig, build_model, argv, paper="iresnet", objective=OBJECTIVE)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ OBJECTIVE = MaximumLikelihood  # how its runs train (common.run.load rebuilds wi
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(NiceConfig, build_model, argv, paper="nice")
+    run_cli(NiceConfig, build_model, argv, paper="nice", objective=OBJECTIVE)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ OBJECTIVE = MaximumLikelihood  # how its runs train (common.run.load rebuilds wi
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(RealNVPConfig, build_model, argv, paper="realnvp")
+    run_cli(RealNVPConfig, build_model, argv, paper="realnvp", objective=OBJECTIVE)
 
 
 if __name__ == "__main__":
