@@ -12,7 +12,7 @@ CORES  ?= 2
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup lock reproduce test bench lint format mlflow-ui clean
+.PHONY: setup lock reproduce test bench lint format mlflow-ui screenshots clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,13 @@ lint: setup
 PORT ?= 5000
 mlflow-ui: setup
 	$(BIN)/python -m mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1 --port $(PORT)
+
+## Screenshots of MLflow's runs table and compare view in headless Chromium, into
+## docs/screenshots/ (needs `apt-get install chromium chromium-driver`; not part of make test)
+SHOT_PORT ?= 5055
+screenshots: setup
+	$(BIN)/python -m pip install --quiet -e ".[screenshots]"
+	$(BIN)/python tools/mlflow_screenshots.py --paper $(PAPER) --port $(SHOT_PORT)
 
 clean:
 	rm -rf runs .snakemake reports/smoke reports/paper

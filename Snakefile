@@ -18,11 +18,20 @@ configfile: "pipelines/config.yaml"
 validate(config, "pipelines/config.schema.yaml")
 
 
+# `snakemake --report report.html`: the reports and their figures by paper (report() outputs)
+report: "pipelines/report/workflow.rst"
+
+
 include: "pipelines/common.smk"
 include: "pipelines/data.smk"
 include: "pipelines/tracking.smk"
 include: "pipelines/train.smk"
 include: "pipelines/report.smk"
+
+
+# Jobs on a cluster inherit the pipeline invocation their MLflow runs nest under.
+envvars:
+    PIPELINE_ENV,
 
 
 rule all:

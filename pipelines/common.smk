@@ -1,5 +1,8 @@
 # Helpers shared by the pipeline's files (paths, experiment discovery, the Python interpreter).
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -19,9 +22,25 @@ TRACKING_URI = f"sqlite:///{ROOT / MLFLOW_DB}"  # absolute: every job writes the
 
 # Dataset files come from the one registry in common/ (dependency-free, cheap to import).
 sys.path.insert(0, str(ROOT))
-from common.data_registry import DATASETS, dataset_path  # noqa: E402
+from common.data_registry import DATASETS, dataset_path, raw_paths  # noqa: E402
+
+PIPELINE_ENV = "FLOWS_PIPELINE"  # = common.run.tracking.PIPELINE_ENV (not imported: MLflow is slow)
 
 OFFLINE_DATA = [str(dataset_path(n)) for n, info in DATASETS.items() if not info.download]
+# data/<stem>.npz of each downloaded dataset (the download rule's wildcard): stem → name
+_ONLINE = {
+    str(dataset_path(n, root="")).removesuffix(".npz"): n for n, i in DATASETS.items() if i.download
+}
+ONLINE_STEMS = sorted(_ONLINE)
+
+
+def online_name(stem):
+    return _ONLINE[stem]
+
+
+def raw_dvc_files(name):
+    """The committed .dvc files of a downloaded dataset's raw files."""
+    return [f"{path}.dvc" for path in raw_paths(name)]
 
 
 wildcard_constraints:
@@ -62,12 +81,6 @@ def gpu_jobs(paper, profile, experiment):
     """1 for a paper-scale job whose config asks for a GPU (device: auto or cuda), else 0."""
     device = run_config(paper, profile, experiment).get("device", "cpu")
     return 1 if profile == "paper" and device != "cpu" else 0
-
-
-def online_datasets(profile=PROFILE):
-    """Datasets that must be downloaded for this profile's experiments."""
-    names = {dataset_of(p, profile, e) for p in PAPERS for e in experiments(p, profile)}
-    return sorted(n for n in names if n and DATASETS[n].download)
 
 
 def train_priority(wildcards):
@@ -173,6 +186,11 @@ def index_run_outputs(profile=PROFILE):
     ]
 
 
+def figures_dir(name, profile=PROFILE):
+    """Where a report's figures go: figures/<paper> (or <paper>_ablation) beside it."""
+    return str(Path(report_path("x", profile)).parent / "figures" / name)
+
+
 def ablation_report_path(paper, profile=PROFILE):
     folder = "reports" if profile == "cpu" else f"reports/{profile}"
     return f"{folder}/{paper}_ablation.md"
@@ -180,3 +198,26 @@ def ablation_report_path(paper, profile=PROFILE):
 
 def index_path(profile=PROFILE):
     return "reports/README.md" if profile == "cpu" else f"reports/{profile}/README.md"
+
+
+# One MLflow parent run per paper per invocation, its training runs nested under it (see
+# common/run/tracking.py). Jobs learn the invocation from the environment, not from params:
+# a param that changes every invocation would make Snakemake rerun every finished job.
+# os.environ is read once per invocation; jobs on a cluster re-read the Snakefile and
+# inherit it (the Snakefile's envvars).
+if not os.environ.get(PIPELINE_ENV):
+    _started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    os.environ[PIPELINE_ENV] = json.dumps({
+        "id": f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
+        "name": f"snakemake · {PROFILE} · {_started}",
+        "scale": PROFILE,
+    })
+PIPELINE_ID = json.loads(os.environ[PIPELINE_ENV])["id"]
+
+
+def end_pipeline(status):
+    """End this invocation's parent runs (a no-op when nothing was trained)."""
+    shell(
+        "mkdir -p runs/logs && {PY:q} -m common.run.tracking end-pipeline"
+        " --tracking-uri {TRACKING_URI:q} --invocation {PIPELINE_ID:q} --status {status:q} >> runs/logs/pipeline_runs.log 2>&1"
+    )

@@ -32,7 +32,20 @@ rule report:
         claims="papers/{paper}/paper.yaml",
         store=ancient(MLFLOW_DB),
     output:
-        report=report_path("{paper}"),
+        report=report(
+            report_path("{paper}"),
+            caption="report/paper.rst",
+            category="Reports",
+            labels={"paper": "{paper}", "report": "main"},
+        ),
+        figures=report(
+            directory(figures_dir("{paper}")),
+            patterns=["{figure}.png"],
+            caption="report/figure.rst",
+            category="Figures",
+            subcategory="{paper}",
+            labels={"paper": "{paper}", "figure": "{figure}"},
+        ),
     params:
         py=PY,
         profile=PROFILE,
@@ -55,7 +68,20 @@ rule report_ablation:
         claims="papers/{paper}/paper.yaml",
         store=ancient(MLFLOW_DB),
     output:
-        report=ablation_report_path("{paper}"),
+        report=report(
+            ablation_report_path("{paper}"),
+            caption="report/ablation.rst",
+            category="Reports",
+            labels={"paper": "{paper}", "report": "ablation"},
+        ),
+        figures=report(
+            directory(figures_dir("{paper}_ablation")),
+            patterns=["{figure}.png"],
+            caption="report/figure.rst",
+            category="Figures",
+            subcategory="{paper} ablation",
+            labels={"paper": "{paper}", "figure": "{figure}"},
+        ),
     params:
         py=PY,
         profile=PROFILE,
@@ -79,7 +105,19 @@ rule report_index:
         claims=[f"papers/{p}/paper.yaml" for p in PAPERS],
         store=ancient(MLFLOW_DB),
     output:
-        index=index_path(),
+        index=report(
+            index_path(),
+            caption="report/index.rst",
+            category="Reports",
+            labels={"paper": "all", "report": "index"},
+        ),
+        figure=report(
+            str(Path(index_path()).parent / "figures" / "index_bpd.png"),
+            caption="report/index.rst",
+            category="Figures",
+            subcategory="all papers",
+            labels={"paper": "all", "figure": "index_bpd"},
+        ),
     params:
         baseline=f"{config['index_baseline']['paper']}/{config['index_baseline']['experiment']}",
         py=PY,

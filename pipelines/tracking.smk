@@ -19,3 +19,12 @@ rule mlflow_store:
     shell:
         "{params.py:q} -m common.run.tracking init --tracking-uri {params.tracking_uri:q}"
         " --experiments {params.papers:q} > {log:q} 2>&1"
+
+
+# End this invocation's MLflow parent runs (end_pipeline in common.smk).
+onsuccess:
+    end_pipeline("FINISHED")
+
+
+onerror:
+    end_pipeline("FAILED")

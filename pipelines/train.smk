@@ -16,6 +16,9 @@ rule train:
         f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/metrics.json",
     log:
         f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/train.log",
+    # wall time, CPU time and peak memory of the whole job: the reports' compute table
+    benchmark:
+        f"{run_dir('{profile}', '{paper}', '{experiment}', '{seed}')}/benchmark.tsv"
     params:
         workdir=lambda wc: run_dir(wc.profile, wc.paper, wc.experiment, wc.seed),
         py=PY,

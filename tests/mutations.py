@@ -107,6 +107,16 @@ MUTATIONS = [
              "common/run/reports/compare.py",
              "        needed = pairs\n", "        needed = list(zip(names, names[1:]))\n",
              ("tests/test_reports.py::test_first_only_claim_holds_without_ordering_the_rest",)),
+    # issue 15: pipeline parent runs, raw downloads into the DVC cache, the compute table
+    Mutation("every job of an invocation makes its own parent run", "common/run/tracking.py",
+             "            if found:\n", "            if False:\n",
+             ("tests/test_tracking.py::test_runs_of_one_pipeline_invocation_nest_under_one_parent_per_paper",)),
+    Mutation("stash caches a download without checking its MD5", "common/data/dvc_store.py",
+             "    verify_md5(raw, md5)\n", "",
+             ("tests/test_dvc.py::test_stash_refuses_a_file_that_does_not_match_its_dvc_record",)),
+    Mutation("peak memory averaged over seeds", "common/run/reports/paper.py",
+             'g.benchmark("max_rss", reduce=max)', 'g.benchmark("max_rss")',
+             ("tests/test_reports.py::test_compute_table_reads_snakemake_benchmarks",)),
 ]  # fmt: skip
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.data.npz import file_md5
+from common.data_registry import DATASETS, dataset_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +52,10 @@ def clone(tmp_path_factory) -> Path:
     git(dest, "init", "-q")
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "snapshot")
+    # The committed default remote is ~/.cache/…, shared by the machine's clones: the tests'
+    # clones push to and pull from a remote of their own (.dvc/config.local, git-ignored).
+    remote = dest.parent / "dvc-remote"
+    (dest / ".dvc" / "config.local").write_text(f"['remote \"storage\"']\n    url = {remote}\n")
     if sys.prefix != sys.base_prefix:  # in a virtual environment: the clone gets it as .venv
         (dest / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     return dest
@@ -93,19 +100,35 @@ def test_all_papers_smoke_end_to_end(clone):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'runs/mlflow.db'}")
-    runs = client.search_runs(
-        [client.get_experiment_by_name("nice").experiment_id], "tags.scale = 'smoke'"
-    )
+
+    def pipeline_and_training_runs(paper):
+        found = client.search_runs([client.get_experiment_by_name(paper).experiment_id])
+        parents = [r for r in found if r.data.tags.get("run_kind") == "pipeline"]
+        return parents, [r for r in found if "experiment" in r.data.tags]
+
+    # one invocation: one parent run per paper, FINISHED, with every training run nested
+    (parent,), runs = pipeline_and_training_runs("nice")
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("nice · snakemake · smoke · ")
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
     assert sorted(r.data.tags["experiment"] for r in runs) == [
         "digits_gaussian", "digits_nice", "moons_gaussian", "moons_nice",
     ]  # fmt: skip
     assert all(r.info.status == "FINISHED" and "test/bpd" in r.data.metrics for r in runs)
     for run in runs:  # every run id in the report's provenance is a real MLflow run
         assert run.info.run_id[:8] in report
-    glow_runs = client.search_runs([client.get_experiment_by_name("glow").experiment_id])
+        # the UI's Dataset column: the data file, by the MD5 that DVC records for it
+        (data_input,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+        name = run.data.tags["dataset"]
+        assert data_input.dataset.name == name and data_input.dataset.digest == file_md5(
+            clone / dataset_path(name)
+        )
+    assert len({r.info.run_name for r in runs}) == 4  # unique names
+    glow_parents, glow_runs = pipeline_and_training_runs("glow")
     # the baseline and the index experiment (seed 0) in glow.md; the ablation's two variants
     # at seeds 0 and 1 in glow_ablation.md, sharing the index experiment's seed 0
     assert len(glow_runs) == 5 and all(r.info.run_id[:8] in glow + ablation for r in glow_runs)
+    assert len(glow_parents) == 1
     seeds = sorted(int(r.data.tags["seed"]) for r in glow_runs
                    if r.data.tags["experiment"] == "digits_reverse_additive")  # fmt: skip
     assert seeds == [0, 1]
@@ -114,7 +137,39 @@ def test_all_papers_smoke_end_to_end(clone):
     if (REPO / "data.dvc").exists():
         committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
         assert yaml.safe_load((clone / "data.dvc").read_text())["outs"][0]["md5"] == committed
-    assert any((clone / ".dvc-storage").rglob("*")), "dvc push left the local remote empty"
+    assert any((clone.parent / "dvc-remote").rglob("*")), "dvc push left the remote empty"
+
+    # A fresh clone of that repository, offline, with the remote populated: `dvc pull` serves
+    # data/ (and would the raw downloads the remote holds; here none: --allow-missing, as the
+    # README says) and Snakemake plans no rebuild of it.
+    fresh = clone.parent / "fresh clone"
+    git(clone.parent, "clone", "-q", str(clone), str(fresh))
+    shutil.copy(clone / ".dvc" / "config.local", fresh / ".dvc" / "config.local")
+    (fresh / ".venv").symlink_to(clone / ".venv")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    pull = subprocess.run([str(fresh / ".venv/bin/python"), "-m", "dvc", "pull", "--allow-missing"],
+                          cwd=fresh, capture_output=True, text=True, env=env)  # fmt: skip
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    assert (fresh / "data" / "digits.npz").exists()
+    plan = snakemake(fresh, "-n", "reproduce_nice", "--config", "profile=smoke")
+    assert plan.returncode == 0 and "rule train:" in plan.stdout, plan.stderr[-3000:]
+    assert "rule data:" not in plan.stdout
+
+    # Snakemake's benchmark of every training job feeds the compute table
+    assert (clone / "runs/smoke/nice/digits_nice/seed0/benchmark.tsv").exists()
+    row = next(line for line in report.splitlines() if line.startswith("| `digits_nice` |"))
+    assert row.count(" s |") == 2 and " MB |" in row  # train time, job time, peak memory
+
+    # `snakemake --report` holds the Markdown reports and their figures, by paper
+    # (a relative path: Snakemake expands environment variables in it, and the clone's path
+    # holds a literal `$PATH`)
+    made = snakemake(clone, "all", "reproduce_glow_ablation", "--config", "profile=smoke",
+                     "--report", "report.html")  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    text = (clone / "report.html").read_text()
+    for name in ("nice.md", "glow_ablation.md", "digits_nice_samples.png", "ablation_curves.png",
+                 "index_bpd.png"):  # fmt: skip
+        assert name in text, name
 
     # Nothing is out of date afterwards (the MLflow store is an ancient() input).
     again = snakemake(clone, "-n", "all", "--config", "profile=smoke")
@@ -134,8 +189,27 @@ def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
     assert f"runs/paper/{paper}/{experiment}/seed0/metrics.json" in out
     job = out[out.index(f"wildcards: profile=paper, paper={paper}, experiment={experiment}") :]
     assert "gpu=1" in job.split("Shell command")[0]
-    # the data rule downloads what the profile needs, the MAF tabular bundle's sets included
-    assert "--datasets bsds300 cifar10 gas hepmass miniboone mnist power" in out
+    # a download job for the experiment's dataset (the MAF tabular bundle's sets included)
+    config = clone / "papers" / paper / "configs" / "paper" / f"{experiment}.yaml"
+    dataset = DATASETS[yaml.safe_load(config.read_text())["data"]["name"]]
+    downloads = {line.split("=")[1] for line in out.splitlines() if "wildcards: online=" in line}
+    assert dataset.file.removesuffix(".npz") in downloads
+
+
+def test_paper_profile_leaves_git_status_as_it_was(clone):
+    """A paper-scale dry run, and the download rule's commands, touch no tracked file: the raw
+    files' .dvc files are hand-written (never rewritten by `dvc add`) and the converted files
+    are outside data.dvc (.dvcignore)."""
+    before = git(clone, "status", "--porcelain")
+    result = snakemake(clone, "-n", "-p", "reproduce_maf_iaf", "--config", "profile=paper")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert git(clone, "status", "--porcelain") == before
+    job = result.stdout[result.stdout.index("wildcards: online=maf/power") :]
+    job = job.split("rule ")[0]
+    assert "dvc add" not in job and "dvc commit" not in job
+    assert (
+        "stash --datasets power" in job and "dvc push --quiet downloads/maf/data.tar.gz.dvc" in job
+    )
 
 
 def test_tori_spheres_paper_profile_is_the_cpu_protocol_without_a_gpu(clone):

@@ -211,3 +211,36 @@ def test_index_budget_sentence_says_whether_runs_converged():
     assert "**except `c`** (max_steps 1,500: its budget at this profile)" in sentence
     assert "**`c` reached the step cap on some seed**" in sentence
     assert "except `a`" not in sentence and "except `b`" not in sentence
+
+
+def test_compute_table_reads_snakemake_benchmarks(tmp_path):
+    """The job time is the mean over seeds of the benchmark's `s`, the memory the largest
+    `max_rss`; a seed without a benchmark (or with Snakemake's NA) shows "—", not a guess."""
+    from common.run.reports.paper import compute_lines
+    from common.run.reports.runs import read_benchmark
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for seed, (s, rss) in enumerate([("10.0", "300.5"), ("14.0", "420.0")]):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "benchmark.tsv").write_text(
+            header + f"{s}\t0:00:{s[:2]}\t{rss}\t1\t1\t1\t0\t0\t50\t9.5\n"
+        )
+    (tmp_path / "na").mkdir()
+    (tmp_path / "na" / "benchmark.tsv").write_text(
+        header + "3.0\t0:00:03\tNA\t" + "NA\t" * 6 + "1\n"
+    )
+    bench = [read_benchmark(tmp_path / f"seed{i}") for i in range(2)]
+    assert bench[0] == {"s": 10.0, "max_rss": 300.5, "cpu_time": 9.5}
+    assert read_benchmark(tmp_path / "missing") is None
+
+    g = group("a", [2.0, 2.1])
+    for run, b in zip(g.runs, bench, strict=True):
+        run.benchmark = b
+    row = next(line for line in compute_lines({"a": g}) if line.startswith("| `a`"))
+    assert "| 12.0 s | 420 MB | 2 |" in row
+    g.runs[1].benchmark = read_benchmark(tmp_path / "na")  # max_rss not measured
+    row = next(line for line in compute_lines({"a": g}) if line.startswith("| `a`"))
+    assert "| 6.5 s | — | 2 |" in row
+    g.runs[1].benchmark = None  # trained outside the pipeline
+    row = next(line for line in compute_lines({"a": g}) if line.startswith("| `a`"))
+    assert "| — | — | 2 |" in row

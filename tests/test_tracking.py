@@ -7,10 +7,18 @@ import json
 import re
 import tomllib
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from common.run.summary import RunSummary
-from common.run.tracking import Tracker, init_store, sqlite_uri
+from common.run.tracking import (
+    PIPELINE_ENV,
+    Tracker,
+    TrackingError,
+    end_pipeline,
+    init_store,
+    sqlite_uri,
+)
 from papers.nice.model import build_model
 from tests.conftest import REPO_ROOT
 from tests.test_training import make_cfg, train_and_evaluate
@@ -26,6 +34,10 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     client = MlflowClient(tracking_uri=uri)
     note = client.get_experiment_by_name("nice").tags["mlflow.note.content"]
     assert "NICE" in note and "arxiv.org" in note  # the experiment says which paper it is
+    # model training, so that MLflow 3's UI opens the experiment on its runs table
+    assert client.get_experiment_by_name("nice").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
     run = client.get_run(out.run_id)
     tags = run.data.tags
     for key in ("paper", "experiment", "scale", "seed", "git_commit", "git_dirty", "data_md5"):
@@ -36,6 +48,12 @@ def test_run_has_tags_params_metrics_and_artifacts(data_root, tmp_path):
     assert tags["mlflow.source.git.commit"] == tags["git_commit"]
     assert re.fullmatch(r"nice/digits_test/seed0 · smoke · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d",
                         run.info.run_name)  # fmt: skip
+    # the UI's Dataset column: the training data by the MD5 DVC records, and its splits
+    (data_input,) = run.inputs.dataset_inputs
+    assert (data_input.dataset.name, data_input.dataset.digest) == ("digits", tags["data_md5"])
+    assert json.loads(data_input.dataset.source)["uri"].endswith("digits.npz")
+    assert json.loads(data_input.dataset.profile)["train"] == 1437
+    assert [(t.key, t.value) for t in data_input.tags] == [("mlflow.data.context", "training")]
     lock = hashlib.sha256((REPO_ROOT / "requirements.lock").read_bytes()).hexdigest()
     assert tags["requirements_lock_sha256"] == lock  # the environment the run had
     assert run.data.params["train.batch_size"] == "32"
@@ -147,3 +165,41 @@ def test_lock_file_pins_what_pyproject_pins():
     for dep in project["dependencies"]:
         name, version = dep.split("==")
         assert locked.get(norm(name)) == version, dep
+
+
+def test_runs_of_one_pipeline_invocation_nest_under_one_parent_per_paper(tmp_path, monkeypatch):
+    """Two jobs of one invocation share their paper's parent run; another invocation gets its
+    own; end_pipeline ends only its own parents; the env variable is how jobs learn it."""
+    uri = sqlite_uri(tmp_path / "mlflow.db")
+    init_store(uri, ["nice", "glow"])
+    first = {"id": "inv-1", "name": "snakemake · smoke · t1", "scale": "smoke"}
+    monkeypatch.setenv(PIPELINE_ENV, json.dumps(first))
+
+    def job(paper, name, pipeline=None):
+        tracker = Tracker(uri, paper, pipeline=pipeline)
+        return tracker.start(name, {"paper": paper, "experiment": name}, {})
+
+    client = MlflowClient(tracking_uri=uri)
+    parent_of = lambda run_id: client.get_run(run_id).data.tags["mlflow.parentRunId"]  # noqa: E731
+    a, b, c = job("nice", "a"), job("nice", "b"), job("glow", "c")
+    assert parent_of(a) == parent_of(b) != parent_of(c)
+    parent = client.get_run(parent_of(a))
+    assert parent.info.run_name == "nice · snakemake · smoke · t1"
+    assert parent.data.tags["run_kind"] == "pipeline"
+    second = {"id": "inv-2", "name": "snakemake · smoke · t2"}
+    d = job("nice", "d", pipeline=second)
+    assert parent_of(d) != parent_of(a)
+
+    assert end_pipeline(uri, "inv-1", "FAILED") == 2
+    assert client.get_run(parent_of(a)).info.status == "FAILED"
+    assert client.get_run(parent_of(c)).info.status == "FAILED"
+    assert client.get_run(parent_of(d)).info.status == "RUNNING"  # another invocation's
+
+    monkeypatch.delenv(PIPELINE_ENV)
+    alone = job("nice", "alone")  # outside a pipeline: no parent
+    assert "mlflow.parentRunId" not in client.get_run(alone).data.tags
+    monkeypatch.setenv(PIPELINE_ENV, "{not json")
+    with pytest.raises(TrackingError, match=PIPELINE_ENV):
+        Tracker(uri, "nice")
+    assert end_pipeline(sqlite_uri(tmp_path / "none.db"), "inv-1") == 0  # no store: no-op
+    assert not (tmp_path / "none.db").exists()

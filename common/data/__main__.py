@@ -1,7 +1,11 @@
-"""``python -m common.data prepare [--root data] [--datasets digits mnist ...]``
+"""``python -m common.data prepare [--root data] [--datasets mnist ...] [--no-offline]``
+``python -m common.data stash --datasets mnist ...``
 
-Builds the offline datasets (always all of them: they are small and deterministic) and
-downloads the requested online ones, verifying checksums."""
+``prepare`` builds the offline datasets (all of them: they are small and deterministic; not
+with ``--no-offline``) and downloads the requested online ones, verifying checksums; raw
+files already in ``downloads/`` (e.g. from ``dvc pull``) are verified and reused. ``stash``
+copies the requested datasets' verified raw downloads into the DVC cache under their committed
+``.dvc`` files' MD5s, ready for ``dvc push`` (:mod:`common.data.dvc_store`)."""
 
 from __future__ import annotations
 
@@ -12,15 +16,16 @@ from pathlib import Path
 
 from common.data import (
     DATASETS,
+    MAF_TABULAR,
     ChecksumError,
     DatasetError,
     DatasetNotFoundError,
-    MAF_TABULAR,
     build_offline,
-    prepare_maf_tabular,
     prepare_cifar10,
+    prepare_maf_tabular,
     prepare_mnist,
 )
+from common.data_registry import raw_paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +35,19 @@ def main(argv: list[str] | None = None) -> None:
     prep.add_argument("--root", type=Path, default=Path("data"))
     prep.add_argument("--downloads", type=Path, default=Path("downloads"))
     prep.add_argument("--datasets", nargs="*", default=[], choices=sorted(DATASETS))
+    prep.add_argument("--no-offline", dest="offline", action="store_false",
+                      help="do not (re)build the offline datasets")  # fmt: skip
+    stash_cmd = sub.add_parser("stash", help="put verified raw downloads into the DVC cache")
+    stash_cmd.add_argument("--downloads", type=Path, default=Path("downloads"))
+    stash_cmd.add_argument("--datasets", nargs="+", required=True, choices=sorted(DATASETS))
     args = parser.parse_args(argv)
-    for path in build_offline(args.root):
+    if args.command == "stash":
+        from common.data.dvc_store import stash
+
+        for raw in sorted({p for name in args.datasets for p in raw_paths(name, args.downloads)}):
+            print(f"cached {raw} as {stash(raw)}")
+        return
+    for path in build_offline(args.root) if args.offline else []:
         print(f"built {path}")
     downloaders = {"mnist": prepare_mnist, "cifar10": prepare_cifar10}
     downloaders |= {name: partial(prepare_maf_tabular, name) for name in MAF_TABULAR}

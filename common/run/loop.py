@@ -39,6 +39,7 @@ import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from tqdm import tqdm
 
+from common.data_registry import dataset_path
 from common.files import replace_atomically, write_atomic
 from common.flows.continuous import CNF
 from common.flows.flow import Flow
@@ -395,6 +396,10 @@ class _Run:
             record_text = {"run_id": run_id, "tracking_uri": self.tracker.tracking_uri}
             write_atomic(record, json.dumps(record_text, indent=2) + "\n")
             self.tracker.log_artifact(self.workdir / "config.yaml")
+            if (data := getattr(objective, "data", None)) is not None:  # not a target's fit
+                splits = {s: len(getattr(data, f"x_{s}")) for s in ("train", "val", "test")}
+                source = dataset_path(cfg.data.name, cfg.data.root).as_posix()
+                self.tracker.log_dataset(objective.dataset, data.md5, source, splits)
         self.run_id = run_id
 
     # --- one step, one validation -------------------------------------------------------------

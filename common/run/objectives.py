@@ -37,15 +37,6 @@ from common.flows.dequantize import bits_per_dim
 from common.flows.flow import Flow
 from common.flows.image import BatchNorm, set_batch_norm_statistics
 from common.run.config import ConfigError, RunConfig, VariationalRunConfig
-from common.run.plotting import (
-    density_grid_2d,
-    save_curves,
-    save_density_2d,
-    save_density_grid,
-    save_flat_density,
-    save_image_grid,
-    save_sphere_density,
-)
 from common.run.summary import FigureRecord
 from common.run.targets import Target, density_on_grid
 
@@ -61,6 +52,15 @@ __all__ = [
     "kl_metrics",
     "random_shift",
 ]
+
+
+def _plotting():
+    """The figure code, imported when a run draws its figures (at its end): matplotlib takes
+    a third of a second to import, paid by every job, the short smoke ones included."""
+    from common.run import plotting
+
+    return plotting
+
 
 EVAL_SEED = 1234  # the random draws of every evaluation: the same for every evaluation
 
@@ -121,7 +121,9 @@ class Objective:
         raise NotImplementedError
 
     def _curves(self, history, fig_dir: Path, title: str) -> FigureRecord:
-        path = save_curves(history, fig_dir / "curves.png", title, self.curve, self.curve_label)
+        path = _plotting().save_curves(
+            history, fig_dir / "curves.png", title, self.curve, self.curve_label
+        )
         return FigureRecord(kind="curves", path=f"figures/{path.name}")
 
 
@@ -318,7 +320,7 @@ class MaximumLikelihood(Objective):
                 with eval_rng(self.device):  # the same base draw at every temperature
                     samples = model.sample(tc.num_samples, temperature=t, context=context)
                 path = fig_dir / sample_figure_name(t)
-                save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}")
+                _plotting().save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}")
                 records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
                                             temperature=t))  # fmt: skip
         elif data.num_dims == 2:
@@ -326,11 +328,11 @@ class MaximumLikelihood(Objective):
             # the run is scored exactly (an estimated ldj would draw a noisy density)
             exact = exact_ldj(model) if tc.eval_ldj == "exact" else nullcontext()
             with exact:
-                grid = density_grid_2d(model, data.x_test)
-            path = save_density_grid(grid, fig_dir / "density_grid.npz")
+                grid = _plotting().density_grid_2d(model, data.x_test)
+            path = _plotting().save_density_grid(grid, fig_dir / "density_grid.npz")
             records.append(FigureRecord(kind="density_grid", path=f"figures/{path.name}"))
             with eval_rng(self.device):  # data, model density and model samples, side by side
-                path = save_density_2d(
+                path = _plotting().save_density_2d(
                     model, data.x_test, fig_dir / "samples.png", title, grid=grid
                 )
             records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
@@ -417,7 +419,7 @@ class VariationalAutoencoder(Objective):
                 means = model.sample(self.cfg.train.num_samples)
             images = means.reshape(-1, *self.data.event_shape)
             # probabilities in [0, 1] drawn as grey values: the scale of 2-level images
-            path = save_image_grid(images, 2, fig_dir / "samples.png",
+            path = _plotting().save_image_grid(images, 2, fig_dir / "samples.png",
                                    f"{title} · E[x | z], z ~ p(z)")  # fmt: skip
             records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
                                         temperature=1.0))  # fmt: skip
@@ -535,7 +537,9 @@ class ReverseKL(Objective):
         if self.grids:
             subtitle = f"{title}\nKL {test['test/kl']:.3f} nats · ESS {test['test/ess']:.1f} %"
             saver = (
-                save_sphere_density if self.target.domain.kind == "sphere" else save_flat_density
+                _plotting().save_sphere_density
+                if self.target.domain.kind == "sphere"
+                else _plotting().save_flat_density
             )
             path = saver(*self.grids, fig_dir / "density.png", subtitle)
             records.append(FigureRecord(kind="density", path=f"figures/{path.name}"))

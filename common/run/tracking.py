@@ -10,12 +10,21 @@ A run carries tags (paper, experiment, scale, seed, git commit and dirty flag, d
 params (the flattened resolved config), metrics per step and artifacts (config, checkpoint,
 figures). ``metrics.json`` beside the run's outputs mirrors the final metrics for file-based
 consumers (Snakemake, the report generator).
+
+Pipeline runs: every Snakemake invocation that trains (``snakemake reproduce_glow``) gets one
+*parent* run per paper it trains, and its training runs are nested under it (MLflow's
+``mlflow.parentRunId`` tag, which the UI folds). The Snakefile puts the invocation in the
+environment (:data:`PIPELINE_ENV`, JSON ``{"id", "name", "scale"}``); the first job of a paper
+to start creates that paper's parent under a file lock, later jobs find it by its
+``pipeline_invocation`` tag; the Snakefile's ``onsuccess``/``onerror`` handlers end the parents
+(``python -m common.run.tracking end-pipeline``).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -23,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PIPELINE_ENV",
     "NullTracker",
     "Tracker",
     "TrackingError",
     "default_tracking_uri",
+    "end_pipeline",
     "git_state",
     "init_store",
     "lock_hash",
@@ -34,6 +45,8 @@ __all__ = [
 ]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's tag value for model training
+PIPELINE_ENV = "FLOWS_PIPELINE"  # the Snakemake invocation a job belongs to (JSON), if any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -160,6 +173,8 @@ def init_store(tracking_uri: str, experiments: list[str]) -> None:
     client = _client(tracking_uri)
     for name in experiments:
         experiment_id = _experiment_id(client, name, tracking_uri)
+        # model training, not GenAI: MLflow 3's UI then opens on the runs table
+        client.set_experiment_tag(experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
         if description := experiment_description(name):
             client.set_experiment_tag(experiment_id, "mlflow.note.content", description)
 
@@ -171,6 +186,7 @@ class NullTracker:
     tracking_uri: str | None = None
 
     def start(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_dataset(self, *args: Any, **kwargs: Any) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def flush(self) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
@@ -191,8 +207,17 @@ class Tracker(NullTracker):
 
     MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch
 
-    def __init__(self, tracking_uri: str, experiment: str, flush_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        flush_seconds: float = 15.0,
+        pipeline: dict[str, str] | None = None,
+    ) -> None:
+        """``pipeline``: the Snakemake invocation the run belongs to (default: read from
+        :data:`PIPELINE_ENV`); a new run is nested under the invocation's parent run."""
         self.tracking_uri = tracking_uri
+        self.pipeline = pipeline if pipeline is not None else _pipeline_from_env()
         self.flush_seconds = flush_seconds
         self._pending: list = []
         self._logged_through: dict[str, int] = {}
@@ -213,17 +238,62 @@ class Tracker(NullTracker):
 
         if run_id is not None and self._reopen(run_id):
             return run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=run_name,
-            tags={k: str(v) for k, v in tags.items()},
-        )
+        tags = {k: str(v) for k, v in tags.items()}
+        if self.pipeline:
+            tags["mlflow.parentRunId"] = self._pipeline_parent(tags)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.source.type", "JOB")])
         return self.run_id
+
+    def _pipeline_parent(self, tags: dict[str, str]) -> str:
+        """The run id of this invocation's parent run in this experiment, created by the
+        first job to ask (under a file lock: parallel jobs must not create two)."""
+        from filelock import FileLock
+
+        pipeline = self.pipeline
+        db = _sqlite_path(self.tracking_uri)
+        lock = f"{db}.pipeline.lock" if db else str(REPO_ROOT / "runs" / ".pipeline.lock")
+        Path(lock).parent.mkdir(parents=True, exist_ok=True)
+        query = f"tags.pipeline_invocation = '{pipeline['id']}'"
+        with FileLock(lock, timeout=600):
+            found = self.client.search_runs([self.experiment_id], query, max_results=1)
+            if found:
+                return found[0].info.run_id
+            source = {k: tags[k] for k in ("mlflow.source.git.commit", "git_commit") if k in tags}
+            parent = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{tags.get('paper', '')} · {pipeline['name']}",
+                tags={
+                    "pipeline_invocation": pipeline["id"], "run_kind": "pipeline",
+                    "scale": pipeline.get("scale", ""), "paper": tags.get("paper", ""),
+                    "mlflow.source.name": "Snakefile", "mlflow.source.type": "PROJECT",
+                    "mlflow.note.content": f"One Snakemake invocation ({pipeline['name']}); "
+                    "its training runs of this paper are nested below.",
+                    **source,
+                },
+            )  # fmt: skip
+            return parent.info.run_id
+
+    def log_dataset(
+        self, name: str, digest: str, source: str, profile: dict[str, Any] | None = None
+    ) -> None:
+        """Log the training data as the run's MLflow dataset input (the UI's Dataset column):
+        ``digest`` is the file's MD5, the hash DVC records for it; ``source`` its path."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source, "dvc_md5": digest}),
+            profile=json.dumps(profile) if profile else None,
+        )
+        context = InputTag("mlflow.data.context", "training")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
     def _reopen(self, run_id: str) -> bool:
         """Mark ``run_id`` RUNNING again and note, per metric, the last step it holds: a
@@ -286,13 +356,49 @@ class Tracker(NullTracker):
                 self.client.set_terminated(self.run_id, status=status)
 
 
+def _pipeline_from_env() -> dict[str, str] | None:
+    text = os.environ.get(PIPELINE_ENV)
+    if not text:
+        return None
+    try:
+        pipeline = json.loads(text)
+        if not (isinstance(pipeline, dict) and pipeline.get("id") and pipeline.get("name")):
+            raise ValueError("needs 'id' and 'name'")
+    except ValueError as exc:
+        raise TrackingError(f"${PIPELINE_ENV} is not a pipeline invocation: {exc}") from None
+    return pipeline
+
+
+def end_pipeline(tracking_uri: str, invocation: str, status: str = "FINISHED") -> int:
+    """Mark the parent runs of pipeline ``invocation`` (one per paper it trained) ``status``;
+    return how many there were. Nothing to do when the store does not exist yet."""
+    db = _sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return 0
+    client = _client(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.pipeline_invocation = '{invocation}'"
+    parents = client.search_runs(experiments, query) if experiments else []
+    for run in parents:
+        client.set_terminated(run.info.run_id, status=status)
+    return len(parents)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m common.run.tracking")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the MLflow store and one experiment per paper")
     init.add_argument("--tracking-uri", default=default_tracking_uri())
     init.add_argument("--experiments", nargs="+", required=True)
+    end = sub.add_parser("end-pipeline", help="end the parent runs of a pipeline invocation")
+    end.add_argument("--tracking-uri", default=default_tracking_uri())
+    end.add_argument("--invocation", required=True)
+    end.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"])
     args = parser.parse_args(argv)
+    if args.command == "end-pipeline":
+        n = end_pipeline(args.tracking_uri, args.invocation, args.status)
+        print(f"{n} pipeline run(s) of {args.invocation} marked {args.status}")
+        return
     init_store(args.tracking_uri, args.experiments)
     print(f"MLflow store ready at {args.tracking_uri}")
 

@@ -202,6 +202,9 @@ def _claim_row(claim: dict, groups: dict[str, Group], paper: str, profile: str) 
 
 
 def compute_lines(groups: dict[str, Group]) -> list[str]:
+    """The compute table: the training loop's own timing (``metrics.json``) and, where the
+    pipeline ran the job, Snakemake's benchmark of the whole job (start-up and test evaluation
+    included) with its peak memory."""
     runs = [r.summary for g in groups.values() for r in g.runs]
     total = sum(r.wall_time_s for r in runs)
     devices = ", ".join(sorted({r.device for r in runs}))
@@ -209,6 +212,7 @@ def compute_lines(groups: dict[str, Group]) -> list[str]:
     rows = []
     for g in sorted(groups.values(), key=lambda g: g.experiment):
         steps = max(r.summary.budget.max_steps for r in g.runs)
+        job, rss = g.benchmark("s"), g.benchmark("max_rss", reduce=max)
         rows.append(
             [
                 f"`{g.experiment}`",
@@ -216,17 +220,38 @@ def compute_lines(groups: dict[str, Group]) -> list[str]:
                 f"{steps:,}",
                 str(g.first.budget.batch_size),
                 f"{g.mean_wall():.1f} s",
+                "—" if job is None else f"{job:.1f} s",
+                "—" if rss is None else f"{rss:,.0f} MB",
                 str(len(g.runs)),
             ]
         )
+    jobs = [r.benchmark["s"] for g in groups.values() for r in g.runs if r.benchmark]
+    job_total = (
+        f" The pipeline's jobs took {sum(jobs) / 60:.1f} min in all ({len(jobs)} with a "
+        "Snakemake benchmark: job time and peak memory, start-up and test evaluation included)."
+        if jobs
+        else ""
+    )
     return [
         "## Compute used",
         "",
         f"{len(runs)} training runs, {total / 60:.1f} min of training in all on {devices} "
-        f"({threads} torch thread(s) per run; wall time of the training loop, without start-up "
-        "and the final test evaluation).",
+        f"({threads} torch thread(s) per run; train time is the training loop's, without "
+        f"start-up and the final test evaluation).{job_total}",
         "",
-        *table(["experiment", "params", "max steps", "batch", "train time/seed", "seeds"], rows),
+        *table(
+            [
+                "experiment",
+                "params",
+                "max steps",
+                "batch",
+                "train time/seed",
+                "job time/seed",
+                "peak memory",
+                "seeds",
+            ],
+            rows,
+        ),  # fmt: skip
         "",
     ]
 

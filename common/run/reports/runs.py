@@ -3,23 +3,49 @@ experiment, with the MLflow store for what a summary does not hold (per-step his
 
 from __future__ import annotations
 
+import csv
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.run.summary import RunSummary
 
-__all__ = ["Group", "Run", "fmt", "load_groups", "table"]
+__all__ = ["Group", "Run", "fmt", "load_groups", "read_benchmark", "table"]
 
 Stat = tuple[float, float, int]  # mean, sample std, number of seeds
 
 
+def read_benchmark(folder: Path) -> dict[str, float] | None:
+    """The job's ``benchmark.tsv`` that Snakemake's ``benchmark:`` directive wrote beside the
+    run (None for a run trained outside the pipeline): ``s`` (wall seconds of the whole job:
+    start-up, training, test evaluation), ``max_rss`` (peak resident memory, MB) and
+    ``cpu_time`` (seconds); NaN where Snakemake could not measure (it writes ``NA``)."""
+    path = Path(folder) / "benchmark.tsv"
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        return None
+
+    def number(key: str) -> float:
+        try:
+            return float(rows[-1][key])
+        except (KeyError, TypeError, ValueError):
+            return math.nan
+
+    return {key: number(key) for key in ("s", "max_rss", "cpu_time")}
+
+
 @dataclass
 class Run:
-    """One run: its summary and the folder holding it (figures are relative to it)."""
+    """One run: its summary, the folder holding it (figures are relative to it) and the
+    pipeline job's benchmark (:func:`read_benchmark`)."""
 
     summary: RunSummary
     folder: Path
+    benchmark: dict[str, float] | None = None
 
 
 @dataclass
@@ -47,6 +73,11 @@ class Group:
     def mean_wall(self) -> float:
         return statistics.fmean(r.summary.wall_time_s for r in self.runs)
 
+    def benchmark(self, key: str, reduce=statistics.fmean) -> float | None:
+        """``reduce`` of a benchmark column over the seeds; None unless every seed has it."""
+        values = [r.benchmark[key] if r.benchmark else math.nan for r in self.runs]
+        return None if any(math.isnan(v) for v in values) else reduce(values)
+
 
 def load_groups(metrics_files: list[Path]) -> dict[str, Group]:
     """Read every summary and group the runs by experiment."""
@@ -56,7 +87,8 @@ def load_groups(metrics_files: list[Path]) -> dict[str, Group]:
         if not s.run_id:
             raise ValueError(f"{path} has no MLflow run id: was it trained with --no-tracking?")
         group = groups.setdefault(s.experiment, Group(s.experiment, s.dataset, s.model))
-        group.runs.append(Run(s, Path(path).parent))
+        folder = Path(path).parent
+        group.runs.append(Run(s, folder, read_benchmark(folder)))
     for g in groups.values():
         g.runs.sort(key=lambda r: r.summary.seed)
     return groups
