@@ -72,10 +72,14 @@ def test_registry_and_generators_agree():
 def test_unknown_toy_and_missing_dataset(tmp_path):
     with pytest.raises(KeyError, match="available"):
         sample_toy("spiral3", 10, 0)
-    with pytest.raises(DatasetNotFoundError, match="common.data prepare"):
+    with pytest.raises(DatasetNotFoundError, match="common.data prepare.*dvc pull data.dvc"):
         load_dataset("digits", tmp_path)
-    with pytest.raises(DatasetNotFoundError, match="download"):
+    # a downloaded set names its raw files' .dvc files: a remote that holds them serves them
+    with pytest.raises(DatasetNotFoundError, match="dvc pull downloads/maf/data.tar.gz.dvc`"):
+        load_dataset("power", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="internet") as err:
         load_dataset("mnist", tmp_path)
+    assert "downloads/mnist/t10k-labels-idx1-ubyte.gz.dvc" in str(err.value)
 
 
 # --- MNIST: tiny files in the real IDX format, served from file:// "mirrors" ---------------

@@ -24,7 +24,7 @@ from common.data.npz import file_md5, save_npz
 from common.data.patches import build_photo_patches
 from common.data.toy import TOY_DATASETS, make_toy_splits
 from common.data.validate import read_dataset_file, validate_splits
-from common.data_registry import DATASETS, dataset_path
+from common.data_registry import DATASETS, dataset_path, raw_paths
 
 __all__ = [
     "DATASETS",
@@ -106,12 +106,15 @@ def load_dataset(name: str, root: str | Path) -> Dataset:
     (:mod:`common.data.validate`), or say how to create it."""
     path = dataset_path(name, root)
     if not path.exists():
+        raw = " ".join(f"{p}.dvc" for p in raw_paths(name))
         how = (
-            f"It needs a download: run `python -m common.data prepare --datasets {name}` on a "
-            "machine with internet access (or the pipeline at `--config profile=paper`)."
+            f"It is built from downloaded files: `python -m common.data prepare --datasets "
+            f"{name} --no-offline` fetches them (internet access needed) unless they are in "
+            f"downloads/ already, e.g. from a DVC remote that holds them (`dvc pull {raw}`); "
+            "or run the pipeline at `--config profile=paper`, which does both."
             if DATASETS[name].download
-            else "Build the offline datasets with `python -m common.data prepare` (or run the "
-            "pipeline, whose `data` rule does it and tracks the result with DVC)."
+            else "Build the offline datasets with `python -m common.data prepare`, or fetch them "
+            "with `dvc pull data.dvc` (or run the pipeline, whose `data` rule does either)."
         )
         raise DatasetNotFoundError(f"dataset {name!r} not found at {path}. {how}")
     info = DATASETS[name]

@@ -8,7 +8,6 @@ missing data, NaNs) end with a one-paragraph message and a non-zero exit, not a 
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from common.data import ChecksumError, DatasetError, DatasetNotFoundError
 from common.flows.bijector import InputOutsideDomainError
 from common.flows.flow import Flow
 from common.run.config import ConfigByModel, ConfigError, RunBase, load_config
+from common.run.entry import build_parser
 from common.run.loop import CheckpointError, NonFiniteLossError, StoppedAt, request_stop, train
 from common.run.objectives import MaximumLikelihood, Objective
 from common.run.summary import RunSummary
@@ -44,29 +44,7 @@ def run_cli(
     """Parse ``argv``, load and validate the config, and train ``objective(cfg, build_model)``
     (a class such as :class:`~common.run.objectives.MaximumLikelihood`, a
     ``functools.partial`` of one, or a function choosing one by the config)."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m papers.{paper}.train",
-        description=f"Train and evaluate one {paper} experiment.",
-    )
-    # fmt: off
-    add = parser.add_argument
-    add("--config", required=True, type=Path, help="experiment YAML file")
-    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.optim.lr=3e-4 (repeatable)")
-    add("--workdir", type=Path,
-        help="run outputs (default: runs/manual/<paper>/<experiment>/seed<k>)")
-    add("--tracking-uri", default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<repo>/runs/mlflow.db)")
-    add("--no-tracking", action="store_true", help="log nothing to MLflow")
-    add("--stop-after", type=int, default=None,
-        help="checkpoint and exit after N steps (resume by running the same command again)")
-    add("--no-progress", action="store_true", help="no progress bar")
-    add("--continue-with-changes", action="store_true",
-        help="continue from the workdir's last checkpoint although the config's optimisation "
-             "settings changed (learning rate, clipping, schedule, budget, patience); the "
-             "change is recorded in the run")
-    # fmt: on
-    args = parser.parse_args(argv)
+    args = build_parser(paper).parse_args(argv)
     # SIGTERM (what Snakemake, Slurm and `kill` send) ends the current step, then unwinds like
     # Ctrl-C: the MLflow run is marked KILLED instead of being left RUNNING.
     previous = signal.signal(signal.SIGTERM, request_stop)

@@ -8,8 +8,9 @@
     >>> flow.log_prob(x).shape
     torch.Size([16])
 
-The model is rebuilt from the run's ``config.yaml`` by its paper's builder (``papers.<paper>``:
-``CONFIG``, ``OBJECTIVE``, ``build_model``) and ``checkpoints/model.json``, which the trainer
+The model is rebuilt from the run's ``config.yaml`` by its paper's builder
+(``papers.<paper>.config``: ``CONFIG``, ``OBJECTIVE``, ``build_model``) and
+``checkpoints/model.json``, which the trainer
 writes beside the weights: the data's shape and kind, so that no dataset is loaded. The kept
 weights are ``final.pt`` where the run tested its final model (variational fits) and
 ``best.pt`` (the best-validation model) otherwise. A VAE (MAF/IAF's ``vae`` runs) is not a
@@ -81,7 +82,7 @@ def load_flow(source: str | Path, device: str = "auto", tracking_uri: str | None
                 "or it was trained before runs recorded their model spec (retrain it)"
             )
     paper = yaml.safe_load(config_path.read_text())["paper"]
-    entry = importlib.import_module(f"papers.{paper}.train")
+    entry = importlib.import_module(f"papers.{paper}.config")  # what its entry point trains with
     cfg = load_config(entry.CONFIG, config_path)
     spec = json.loads(spec_path.read_text())
     if spec["objective"] == "VariationalAutoencoder":

@@ -4,45 +4,11 @@ MADE, MAF and Real NVP experiments are trained by maximum likelihood; IAF's VAEs
 (``model.name: vae``) by the ELBO (:class:`common.run.objectives.VariationalAutoencoder`).
 """
 
-from __future__ import annotations
+from common.run.entry import entry_point
 
-from common.run.cli import run_cli
-from common.run.config import (
-    ConfigByModel,
-    DiagonalGaussianModel,
-    RunConfig,
-    VAERunConfig,
-    model_union,
-)
-from common.run.objectives import MaximumLikelihood, VariationalAutoencoder
-from common.run.vector_models import RealNVPMLPModel
-from papers.maf_iaf.model import MAFModel, build_model
-from papers.maf_iaf.vae import VAEModel
-
-
-class MAFConfig(RunConfig):
-    model: model_union(MAFModel, RealNVPMLPModel, DiagonalGaussianModel)  # type: ignore[valid-type]
-
-
-class IAFConfig(VAERunConfig):
-    model: VAEModel
-
-
-CONFIG = ConfigByModel(MAFConfig, vae=IAFConfig)  # this paper's config classes (for the tests)
-
-
-def objective(cfg, build):
-    if isinstance(cfg, IAFConfig):
-        return VariationalAutoencoder(cfg, build)
-    return MaximumLikelihood(cfg, build)
-
-
-OBJECTIVE = objective  # how its runs train (common.run.load rebuilds with it)
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(CONFIG, build_model, argv, paper="maf_iaf", objective=OBJECTIVE)
-
+# `--help` answers before torch is imported; CONFIG, OBJECTIVE, build_model and the config
+# classes come from papers/maf_iaf/config.py (also as papers.maf_iaf.train.<name>).
+main, __getattr__ = entry_point("maf_iaf")
 
 if __name__ == "__main__":
     main()
