@@ -23,8 +23,7 @@ TRACKING_URI = f"sqlite:///{ROOT / MLFLOW_DB}"  # absolute: every job writes the
 # Dataset files come from the one registry in common/ (dependency-free, cheap to import).
 sys.path.insert(0, str(ROOT))
 from common.data_registry import DATASETS, dataset_path, raw_paths  # noqa: E402
-
-PIPELINE_ENV = "FLOWS_PIPELINE"  # = common.run.tracking.PIPELINE_ENV (not imported: MLflow is slow)
+from common.run.tracking import PIPELINE_ENV  # noqa: E402 (stdlib only; MLflow loads lazily)
 
 OFFLINE_DATA = [str(dataset_path(n)) for n, info in DATASETS.items() if not info.download]
 # data/<stem>.npz of each downloaded dataset (the download rule's wildcard): stem → name
@@ -164,9 +163,13 @@ def ablation_papers():
     return [p for p in PAPERS if ablation_experiments(p)]
 
 
+def reports_dir(profile=PROFILE):
+    """The committed reports are the cpu ones; other profiles write under reports/<profile>/."""
+    return "reports" if profile == "cpu" else f"reports/{profile}"
+
+
 def report_path(paper, profile=PROFILE):
-    """The committed report is the cpu one; other profiles write under reports/<profile>/."""
-    return f"reports/{paper}.md" if profile == "cpu" else f"reports/{profile}/{paper}.md"
+    return f"{reports_dir(profile)}/{paper}.md"
 
 
 def index_experiments(profile=PROFILE):
@@ -188,16 +191,15 @@ def index_run_outputs(profile=PROFILE):
 
 def figures_dir(name, profile=PROFILE):
     """Where a report's figures go: figures/<paper> (or <paper>_ablation) beside it."""
-    return str(Path(report_path("x", profile)).parent / "figures" / name)
+    return f"{reports_dir(profile)}/figures/{name}"
 
 
 def ablation_report_path(paper, profile=PROFILE):
-    folder = "reports" if profile == "cpu" else f"reports/{profile}"
-    return f"{folder}/{paper}_ablation.md"
+    return f"{reports_dir(profile)}/{paper}_ablation.md"
 
 
 def index_path(profile=PROFILE):
-    return "reports/README.md" if profile == "cpu" else f"reports/{profile}/README.md"
+    return f"{reports_dir(profile)}/README.md"
 
 
 # One MLflow parent run per paper per invocation, its training runs nested under it (see
@@ -206,10 +208,10 @@ def index_path(profile=PROFILE):
 # os.environ is read once per invocation; jobs on a cluster re-read the Snakefile and
 # inherit it (the Snakefile's envvars).
 if not os.environ.get(PIPELINE_ENV):
-    _started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    _now = time.gmtime()
     os.environ[PIPELINE_ENV] = json.dumps({
-        "id": f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
-        "name": f"snakemake · {PROFILE} · {_started}",
+        "id": f"{time.strftime('%Y%m%dT%H%M%SZ', _now)}-{os.getpid()}",
+        "name": f"snakemake · {PROFILE} · {time.strftime('%Y-%m-%d %H:%M:%S', _now)}",
         "scale": PROFILE,
     })
 PIPELINE_ID = json.loads(os.environ[PIPELINE_ENV])["id"]
@@ -219,5 +221,6 @@ def end_pipeline(status):
     """End this invocation's parent runs (a no-op when nothing was trained)."""
     shell(
         "mkdir -p runs/logs && {PY:q} -m common.run.tracking end-pipeline"
-        " --tracking-uri {TRACKING_URI:q} --invocation {PIPELINE_ID:q} --status {status:q} >> runs/logs/pipeline_runs.log 2>&1"
+        " --tracking-uri {TRACKING_URI:q} --invocation {PIPELINE_ID:q} --status {status:q}"
+        " >> runs/logs/pipeline_runs.log 2>&1"
     )

@@ -112,7 +112,7 @@ rule report_index:
             labels={"paper": "all", "report": "index"},
         ),
         figure=report(
-            str(Path(index_path()).parent / "figures" / "index_bpd.png"),
+            f"{reports_dir()}/figures/index_bpd.png",
             caption="report/index.rst",
             category="Figures",
             subcategory="all papers",

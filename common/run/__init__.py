@@ -2,5 +2,7 @@
 
 Modules: ``config`` (typed configs, unknown keys rejected), ``loop`` (the one training loop)
 and ``objectives`` (what it optimises: maximum likelihood, reverse KL), ``tracking`` (the
-MLflow facade), ``cli`` (the shared entry point), ``baselines``, ``plotting`` and ``reports``.
+MLflow facade), ``entry`` (what ``python -m papers.<paper>.train`` runs: it parses before
+anything heavy is imported) and ``cli`` (config, tracker, training), ``load`` (a finished run
+back to a flow), ``baselines``, ``plotting`` and ``reports``.
 """

@@ -309,6 +309,7 @@ class MaximumLikelihood(Objective):
 
     def figures(self, model, history, test, fig_dir, title) -> list[FigureRecord]:
         records, data, tc = [self._curves(history, fig_dir, title)], self.data, self.cfg.train
+        plotting = _plotting()
         model.eval()
         if data.is_image and data.num_levels and tc.num_samples:
             context = None  # conditional: the classes in turn, 0, 1, …, one per grid cell
@@ -320,7 +321,7 @@ class MaximumLikelihood(Objective):
                 with eval_rng(self.device):  # the same base draw at every temperature
                     samples = model.sample(tc.num_samples, temperature=t, context=context)
                 path = fig_dir / sample_figure_name(t)
-                _plotting().save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}")
+                plotting.save_image_grid(samples, data.num_levels, path, f"{title} · T = {t:g}")
                 records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
                                             temperature=t))  # fmt: skip
         elif data.num_dims == 2:
@@ -328,11 +329,11 @@ class MaximumLikelihood(Objective):
             # the run is scored exactly (an estimated ldj would draw a noisy density)
             exact = exact_ldj(model) if tc.eval_ldj == "exact" else nullcontext()
             with exact:
-                grid = _plotting().density_grid_2d(model, data.x_test)
-            path = _plotting().save_density_grid(grid, fig_dir / "density_grid.npz")
+                grid = plotting.density_grid_2d(model, data.x_test)
+            path = plotting.save_density_grid(grid, fig_dir / "density_grid.npz")
             records.append(FigureRecord(kind="density_grid", path=f"figures/{path.name}"))
             with eval_rng(self.device):  # data, model density and model samples, side by side
-                path = _plotting().save_density_2d(
+                path = plotting.save_density_2d(
                     model, data.x_test, fig_dir / "samples.png", title, grid=grid
                 )
             records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
@@ -420,7 +421,7 @@ class VariationalAutoencoder(Objective):
             images = means.reshape(-1, *self.data.event_shape)
             # probabilities in [0, 1] drawn as grey values: the scale of 2-level images
             path = _plotting().save_image_grid(images, 2, fig_dir / "samples.png",
-                                   f"{title} · E[x | z], z ~ p(z)")  # fmt: skip
+                                               f"{title} · E[x | z], z ~ p(z)")  # fmt: skip
             records.append(FigureRecord(kind="samples", path=f"figures/{path.name}",
                                         temperature=1.0))  # fmt: skip
         return records
@@ -536,11 +537,9 @@ class ReverseKL(Objective):
         records = [self._curves(history, fig_dir, title)]
         if self.grids:
             subtitle = f"{title}\nKL {test['test/kl']:.3f} nats · ESS {test['test/ess']:.1f} %"
-            saver = (
-                _plotting().save_sphere_density
-                if self.target.domain.kind == "sphere"
-                else _plotting().save_flat_density
-            )
+            plotting = _plotting()
+            sphere = self.target.domain.kind == "sphere"
+            saver = plotting.save_sphere_density if sphere else plotting.save_flat_density
             path = saver(*self.grids, fig_dir / "density.png", subtitle)
             records.append(FigureRecord(kind="density", path=f"figures/{path.name}"))
         return records
