@@ -25,7 +25,7 @@ from common.data import (
     prepare_maf_tabular,
     prepare_mnist,
 )
-from common.data_registry import raw_paths
+from common.data_registry import DOWNLOADS, raw_paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build offline datasets, download online ones")
     prep.add_argument("--root", type=Path, default=Path("data"))
-    prep.add_argument("--downloads", type=Path, default=Path("downloads"))
+    prep.add_argument("--downloads", type=Path, default=DOWNLOADS)
     prep.add_argument("--datasets", nargs="*", default=[], choices=sorted(DATASETS))
     prep.add_argument("--no-offline", dest="offline", action="store_false",
                       help="do not (re)build the offline datasets")  # fmt: skip
     stash_cmd = sub.add_parser("stash", help="put verified raw downloads into the DVC cache")
-    stash_cmd.add_argument("--downloads", type=Path, default=Path("downloads"))
+    stash_cmd.add_argument("--downloads", type=Path, default=DOWNLOADS)
     stash_cmd.add_argument("--datasets", nargs="+", required=True, choices=sorted(DATASETS))
     args = parser.parse_args(argv)
     if args.command == "stash":
