@@ -12,7 +12,8 @@ CORES  ?= 2
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup lock reproduce test bench lint format mlflow-ui screenshots clean
+.PHONY: setup lock reproduce test test-cluster bench lint format mlflow-ui mlflow-server \
+        test-server screenshots clean
 
 setup: $(STAMP)
 
@@ -73,6 +74,14 @@ SHOT_PORT ?= 5055
 screenshots: setup
 	$(BIN)/python -m pip install --quiet -e ".[screenshots]"
 	$(BIN)/python tools/mlflow_screenshots.py --paper $(PAPER) --port $(SHOT_PORT)
+
+## The pipeline on a real Slurm cluster: starts a one-node cluster on this machine
+## (tools/slurm_localhost.sh; root; installs Debian's slurm-wlm and munge if missing), runs
+## `snakemake reproduce_nice --config profile=smoke` through sbatch, checks the jobs, the MLflow
+## runs and the report, and tears the cluster down. About 2 minutes; not part of make test.
+test-cluster: setup
+	$(BIN)/python -m pip install --quiet -e ".[cluster]"
+	$(BIN)/python -m pytest -m cluster tests/cluster
 
 clean:
 	rm -rf runs .snakemake reports/smoke reports/paper

@@ -1,4 +1,5 @@
 # Helpers shared by the pipeline's files (paths, experiment discovery, the Python interpreter).
+import hashlib
 import json
 import os
 import sys
@@ -17,8 +18,20 @@ PROFILE = config["profile"]
 PAPERS = config["papers"]
 SEEDS = config["seeds"][PROFILE]
 ABLATION_SEEDS = config["ablation_seeds"][PROFILE]
+# The MLflow store: the config's tracking_uri (a shared server), else $MLFLOW_TRACKING_URI,
+# else the project's SQLite file (an absolute URI: every job writes the same store). The
+# mlflow_store job prepares it once, before any job logs; STORE is what that job writes (the
+# SQLite file itself, or a marker file per other store).
 MLFLOW_DB = "runs/mlflow.db"
-TRACKING_URI = f"sqlite:///{ROOT / MLFLOW_DB}"  # absolute: every job writes the same store
+TRACKING_URI = (
+    config.get("tracking_uri")
+    or os.environ.get("MLFLOW_TRACKING_URI")
+    or f"sqlite:///{ROOT / MLFLOW_DB}"
+)
+if TRACKING_URI == f"sqlite:///{ROOT / MLFLOW_DB}":
+    STORE = MLFLOW_DB
+else:
+    STORE = f"runs/mlflow_stores/{hashlib.sha1(TRACKING_URI.encode()).hexdigest()[:12]}.ready"
 
 # Dataset files come from the one registry in common/ (dependency-free, cheap to import).
 sys.path.insert(0, str(ROOT))
@@ -76,10 +89,45 @@ def data_inputs(paper, profile, experiment):
     return [str(dataset_path(name))] if name else []
 
 
+def job_resources(paper, profile, experiment):
+    """The experiment config's ``resources`` (common.run.config.JobResources) over the
+    profile's ``job_resources`` of pipelines/config.yaml: processes, mem_mb, runtime."""
+    own = run_config(paper, profile, experiment).get("resources") or {}
+    return {"processes": 1, **config["job_resources"][profile], **own}
+
+
+def processes(paper, profile, experiment):
+    return job_resources(paper, profile, experiment)["processes"]
+
+
 def gpu_jobs(paper, profile, experiment):
-    """1 for a paper-scale job whose config asks for a GPU (device: auto or cuda), else 0."""
+    """GPUs of a paper-scale job whose config asks for one (device: auto or cuda): one per
+    data-parallel process; else 0."""
     device = run_config(paper, profile, experiment).get("device", "cpu")
-    return 1 if profile == "paper" and device != "cpu" else 0
+    gpu = profile == "paper" and device != "cpu"
+    return processes(paper, profile, experiment) if gpu else 0
+
+
+def train_threads(paper, profile, experiment):
+    """CPU cores of a training job: the config's threads for each of its processes."""
+    threads = run_config(paper, profile, experiment).get("threads", 1)
+    return threads * processes(paper, profile, experiment)
+
+
+def launcher(paper, profile, experiment):
+    """How the job starts Python on the entry point: torchrun with one process per
+    data-parallel rank when the config asks for more than one (``resources.processes``), else
+    plainly. ``--standalone``: one machine, a local rendezvous on a free port."""
+    n = processes(paper, profile, experiment)
+    if n == 1:
+        return []
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+
+
+def measurement_threads():
+    """Every core Snakemake may use, so that a timing measurement runs alone on the machine;
+    on a cluster (no --cores), where a job's CPUs are its own, 2."""
+    return workflow.resource_settings.cores or 2
 
 
 def train_priority(wildcards):

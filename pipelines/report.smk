@@ -5,8 +5,8 @@
 
 rule measure:
     """A measurement of the paper's report (paper.yaml: measurements), e.g. MAF's density vs
-    sampling cost; it asks for every core, so no training job shares the machine while it
-    times."""
+    sampling cost; locally it asks for every core, so no training job shares the machine
+    while it times."""
     output:
         "runs/{profile}/{paper}/measurements/{name}.json",
     params:
@@ -16,7 +16,7 @@ rule measure:
         "runs/logs/measure_{profile}_{paper}_{name}.log",
     conda:
         ENV
-    threads: workflow.cores
+    threads: measurement_threads()
     shell:
         "{params.py:q} -m {params.module:q} --profile {wildcards.profile:q} --out {output:q}"
         " > {log:q} 2>&1"
@@ -30,7 +30,7 @@ rule report:
         metrics=lambda wc: run_outputs(wc.paper),
         measurements=lambda wc: measurement_outputs(wc.paper),
         claims="papers/{paper}/paper.yaml",
-        store=ancient(MLFLOW_DB),
+        store=ancient(STORE),
     output:
         report=report(
             report_path("{paper}"),
@@ -66,7 +66,7 @@ rule report_ablation:
     input:
         metrics=lambda wc: ablation_outputs(wc.paper),
         claims="papers/{paper}/paper.yaml",
-        store=ancient(MLFLOW_DB),
+        store=ancient(STORE),
     output:
         report=report(
             ablation_report_path("{paper}"),
@@ -103,7 +103,7 @@ rule report_index:
         metrics=index_run_outputs(),
         reports=[report_path(p) for p in PAPERS],
         claims=[f"papers/{p}/paper.yaml" for p in PAPERS],
-        store=ancient(MLFLOW_DB),
+        store=ancient(STORE),
     output:
         index=report(
             index_path(),

@@ -1,12 +1,13 @@
 # The MLflow store is created once, before any training job starts: parallel creation of a
-# fresh SQLite store corrupts it. Training jobs take it as ancient() input, so their writes
+# fresh SQLite store corrupts it, and on any store MLflow's set_experiment is a
+# search-then-create race. Training jobs take it as ancient() input, so their writes
 # (which touch the file) never make Snakemake think the runs are out of date.
 
 
 rule mlflow_store:
     """The MLflow store every training job logs to, with one experiment per paper."""
     output:
-        MLFLOW_DB,
+        STORE,
     params:
         py=PY,
         tracking_uri=TRACKING_URI,
@@ -18,7 +19,7 @@ rule mlflow_store:
     localrule: True
     shell:
         "{params.py:q} -m common.run.tracking init --tracking-uri {params.tracking_uri:q}"
-        " --experiments {params.papers:q} > {log:q} 2>&1"
+        " --experiments {params.papers:q} > {log:q} 2>&1 && touch {output:q}"
 
 
 # End this invocation's MLflow parent runs (end_pipeline in common.smk).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,10 +38,15 @@ def git(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """The working tree as a clean clone would have it: tracked and not-ignored files only, in
-    a folder whose path has a space and a ``$`` (every shell interpolation must be quoted: an
-    unquoted one splits the path or expands ``$PATH``)."""
-    dest = tmp_path_factory.mktemp("clone") / "my repo $PATH"
+    """The working tree as a clean clone would have it, in a folder whose path has a space
+    and a ``$`` (every shell interpolation must be quoted: an unquoted one splits the path or
+    expands ``$PATH``)."""
+    return make_clone(tmp_path_factory.mktemp("clone") / "my repo $PATH")
+
+
+def make_clone(dest: Path) -> Path:
+    """Copy the working tree's tracked and not-ignored files to ``dest``, commit them in a
+    fresh repository, give it its own DVC remote and this virtual environment as ``.venv``."""
     files = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
     for rel in files:
         src = REPO / rel
@@ -124,6 +130,12 @@ def test_all_papers_smoke_end_to_end(clone):
             clone / dataset_path(name)
         )
     assert len({r.info.run_name for r in runs}) == 4  # unique names
+    # digits_nice asks for two data-parallel processes: the job ran torchrun, one MLflow run
+    processes = {r.data.tags["experiment"]: r.data.tags["processes"] for r in runs}
+    assert processes == {"digits_nice": "2", "digits_gaussian": "1", "moons_gaussian": "1",
+                         "moons_nice": "1"}  # fmt: skip
+    summary = clone / "runs/smoke/nice/digits_nice/seed0/metrics.json"
+    assert json.loads(summary.read_text())["processes"] == 2
     glow_parents, glow_runs = pipeline_and_training_runs("glow")
     # the baseline and the index experiment (seed 0) in glow.md; the ablation's two variants
     # at seeds 0 and 1 in glow_ablation.md, sharing the index experiment's seed 0
@@ -194,6 +206,28 @@ def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
     dataset = DATASETS[yaml.safe_load(config.read_text())["data"]["name"]]
     downloads = {line.split("=")[1] for line in out.splitlines() if "wildcards: online=" in line}
     assert dataset.file.removesuffix(".npz") in downloads
+
+
+def test_a_config_asking_for_several_processes_runs_under_torchrun(clone):
+    """``resources: {processes: 4}`` at the paper profile: torchrun with 4 processes, 4 GPUs,
+    the threads of 4 processes, and the config's memory and time limit as job resources
+    (which the Slurm executor passes to sbatch)."""
+    config = clone / "papers/glow/configs/paper/cifar10_glow.yaml"
+    original = config.read_text()
+    try:
+        config.write_text(original + "resources: {processes: 4, mem_mb: 64000, runtime: 600}\n")
+        result = snakemake(
+            clone, "-n", "-p", "--cores", "64", "reproduce_glow", "--config", "profile=paper"
+        )
+    finally:
+        config.write_text(original)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    job = out[out.index("experiment=cifar10_glow") :].split("rule ")[0]
+    assert "gpu=4" in job and "mem_mb=64000" in job and "runtime=600" in job
+    threads = yaml.safe_load(original).get("threads", 1)
+    assert f"threads: {4 * threads}" in job  # the config's threads for each process
+    assert "-m torch.distributed.run --standalone --nproc-per-node=4 -m papers.glow.train" in job
 
 
 def test_paper_profile_leaves_git_status_as_it_was(clone):

@@ -27,6 +27,7 @@ from common.flows.bijector import (
     per_channel,
     sum_except_batch,
 )
+from common.flows.distributed import channel_moments
 from common.flows.layers import ElementwiseAffine, Reshape
 from common.flows.logdet import LUParametrization
 from common.flows.nets import ZeroConv2d
@@ -80,6 +81,8 @@ class ActNorm(Bijector):
     initialised from data: on the first forward pass in training mode, b = −mean and
     s = −log(std + 1e-6) of the batch per channel, so z starts with zero mean and unit
     variance. The ``initialized`` flag is a buffer, so a reloaded model never re-initialises.
+    In a data-parallel run the statistics are the global batch's, all-reduced
+    (:mod:`common.flows.distributed`), so every rank initialises alike.
     Shapes: ``(B, C, H, W)`` or ``(B, C)``.
     """
 
@@ -91,9 +94,11 @@ class ActNorm(Bijector):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        dims = [0, *range(2, x.ndim)]  # every dim but the channel
-        self.bias.copy_(-x.mean(dim=dims))
-        self.log_scale.copy_(-torch.log(x.std(dim=dims) + 1e-6))
+        # the global batch's statistics in a data-parallel run: every rank initialises alike,
+        # and as one process would on the whole batch
+        mean, var, _ = channel_moments(x, unbiased=True)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(var.sqrt() + 1e-6))
         self.initialized.fill_(True)
 
     def _ldj(self, x: Tensor) -> Tensor:
@@ -189,7 +194,8 @@ class BatchNorm(Bijector):
     per channel. In training mode μ, σ² are the batch's statistics (gradients flow through
     them, the ldj treats them as constants for each example, as the papers do) and the
     running averages in the buffers are updated; in eval mode, and always in the inverse, the
-    running averages are used, so the layer is an exact bijection there.
+    running averages are used, so the layer is an exact bijection there. In a data-parallel
+    run the batch statistics are the global batch's (:mod:`common.flows.distributed`).
     Shapes: ``(B, C, H, W)`` or ``(B, C)``.
     """
 
@@ -206,9 +212,8 @@ class BatchNorm(Bijector):
         return (_num_positions(x) * per_channel.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training:
-            dims = [0, *range(2, x.ndim)]
-            mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+        if self.training:  # the global batch's statistics in a data-parallel run
+            mean, var, _ = channel_moments(x)
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var, self.momentum)

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from common.flows.distributed import BatchNorm2d
+
 __all__ = ["MLP", "GlowConditioner", "ResNetConditioner", "ZeroConv2d"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -102,7 +104,7 @@ def _wn_conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d
 class _ResidualBlock(nn.Module):
     def __init__(self, channels: int, batch_norm: bool) -> None:
         super().__init__()
-        norm = (lambda: nn.BatchNorm2d(channels)) if batch_norm else nn.Identity
+        norm = (lambda: BatchNorm2d(channels)) if batch_norm else nn.Identity
         self.net = nn.Sequential(
             norm(), nn.ReLU(), _wn_conv(channels, channels, 3),
             norm(), nn.ReLU(), _wn_conv(channels, channels, 3),

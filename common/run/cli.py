@@ -18,6 +18,7 @@ from common.data import ChecksumError, DatasetError, DatasetNotFoundError
 from common.flows.bijector import InputOutsideDomainError
 from common.flows.flow import Flow
 from common.run.config import ConfigByModel, ConfigError, RunBase, load_config
+from common.run.distributed import Ranks
 from common.run.entry import build_parser
 from common.run.loop import CheckpointError, NonFiniteLossError, StoppedAt, request_stop, train
 from common.run.objectives import MaximumLikelihood, Objective
@@ -52,9 +53,9 @@ def run_cli(
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
         workdir = args.workdir or Path("runs/manual", cfg.paper, cfg.experiment, f"seed{cfg.seed}")
-        tracker = (
+        tracker = (  # under torchrun, rank 0 alone opens the store
             NullTracker()
-            if args.no_tracking
+            if args.no_tracking or not Ranks.from_env().is_main
             else Tracker(args.tracking_uri or default_tracking_uri(), cfg.paper)
         )
         result = train(

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DiagonalGaussianModel",
+    "JobResources",
     "KLTrainConfig",
     "OptimConfig",
     "RunBase",
@@ -163,6 +164,20 @@ class DiagonalGaussianModel(StrictModel):
     )  # fmt: skip
 
 
+class JobResources(StrictModel):
+    """What the run's pipeline job asks of its machine or cluster (Snakemake's ``resources``,
+    which the Slurm executor turns into ``sbatch`` options); unset keys take the profile's
+    defaults (``default-resources``). None of them changes the result."""
+
+    processes: int = Field(
+        1, gt=0, description="data-parallel processes: the pipeline launches the run with "
+        "torchrun --nproc-per-node N, one GPU each on a GPU machine (resources gpu=N); the "
+        "run takes the same steps as one process with the same train.batch_size",
+    )  # fmt: skip
+    mem_mb: int | None = Field(None, gt=0, description="memory of the job (MB)")
+    runtime: int | None = Field(None, gt=0, description="wall-time limit of the job (minutes)")
+
+
 class RunBase(StrictModel):
     """Fields every run of every paper has; ``model`` is narrowed by each paper."""
 
@@ -171,7 +186,9 @@ class RunBase(StrictModel):
     scale: Scale = Field(..., description="smoke (seconds), cpu (minutes), paper (GPU)")
     seed: int = Field(0, ge=0, description="seeds torch, numpy and Python's random (≥ 0)")
     device: Literal["auto", "cpu", "cuda"] = "cpu"
-    threads: int = Field(1, gt=0, description="torch intra-op threads (1: parallel jobs)")
+    threads: int = Field(1, gt=0, description="torch intra-op threads per process (1: "
+                         "parallel jobs)")  # fmt: skip
+    resources: JobResources = JobResources()
 
 
 BATCH_NORM_MIN_BATCH = 16

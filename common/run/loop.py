@@ -24,6 +24,10 @@ on CPU, to one that never stopped.
 
 Outputs in ``workdir``: ``config.yaml``, ``checkpoints/{last,best or final}.pt``,
 ``figures/*.png``, ``metrics.json``; the same go to MLflow through the tracking facade.
+
+Under ``torchrun`` the same loop trains data-parallel: each process takes its shard of every
+global batch, DDP averages the gradients, and rank 0 alone logs and writes; a run on W
+processes takes the single process's steps (:mod:`common.run.distributed`).
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from common.files import replace_atomically, write_atomic
 from common.flows.continuous import CNF
 from common.flows.flow import Flow
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
+from common.run.distributed import Ranks, loss_rng, process_group
 from common.run.objectives import Objective
 from common.run.steps import (
     CompiledGradient,
+    TotalLoss,
     compile_blocker,
     compile_optimizer_step,
     eager_gradient,
@@ -144,9 +150,11 @@ def lr_factor(s: ScheduleConfig, step: int, max_steps: int, since: int = 0) -> f
 # What a run continued from its last checkpoint may change (``--continue-with-changes``): the
 # settings one changes after a divergence or a plateau. The model, the data, the seed and the
 # optimiser's kind are fixed: the checkpoint's state only means something under them.
+# ``resources`` (processes, memory, time) may change too: a run on W processes takes the steps
+# of one process (common.run.distributed), so a run may resume on more or fewer.
 CONTINUABLE = (
     "train.optim.lr", "train.optim.weight_decay", "train.grad_clip", "train.schedule.",
-    "train.max_steps", "train.patience",
+    "train.max_steps", "train.patience", "resources.",
 )  # fmt: skip
 
 
@@ -225,21 +233,30 @@ def _save_atomic(obj: Any, path: Path) -> None:
 class _Run:
     """One call of :func:`train`: the state the loop's steps share."""
 
-    def __init__(self, cfg: RunBase, objective: Objective, workdir: Path, tracker) -> None:
-        self.cfg, self.tc, self.objective, self.tracker = cfg, cfg.train, objective, tracker
+    def __init__(
+        self, cfg: RunBase, objective: Objective, workdir: Path, tracker, ranks: Ranks
+    ) -> None:
+        self.cfg, self.tc, self.objective, self.ranks = cfg, cfg.train, objective, ranks
+        self.tracker = tracker if ranks.is_main else NullTracker()  # rank 0 logs
         self.workdir, self.ckpt_dir = workdir, workdir / "checkpoints"
         self.resolved = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
         torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # the same on every rank: the same model, the same draws
+        self.device = ranks.device(resolve_device(cfg.device))
         if self.tc.patience is not None and objective.select_on is None:
             raise ConfigError("train.patience needs an objective that selects a best model")
         self.model = objective.build(self.device).to(self.device)
+        if objective.batch_size % ranks.world_size:
+            raise ConfigError(
+                f"train.batch_size {objective.batch_size} does not split evenly over "
+                f"{ranks.world_size} processes: use a multiple of {ranks.world_size}"
+            )
         self.num_params = sum(p.numel() for p in self.model.parameters())
         # what common.run.load needs to rebuild this model without the dataset
         spec = {"objective": type(objective).__name__, **objective.model_spec()}
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.ckpt_dir / "model.json", json.dumps(spec, indent=1))
+        if ranks.is_main:
+            write_atomic(self.ckpt_dir / "model.json", json.dumps(spec, indent=1))
         self.compile_blocker = compile_blocker() if self.tc.compile else None
         if self.compile_blocker:
             print(f"note: train.compile is on, but {self.compile_blocker}: training eagerly "
@@ -272,6 +289,18 @@ class _Run:
         self.optimizer_step = (
             compile_optimizer_step(self.optimizer) if compiled else self.optimizer.step
         )
+        # data-parallel: DDP's gradient hooks need the loss computed in a module's forward.
+        # Compiled, the DDP module is compiled as a whole (PyTorch's recipe: its optimiser
+        # splits the graph at gradient buckets), whatever compile_mode says.
+        self.ddp = None
+        if ranks.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(TotalLoss(self.model, loss), device_ids=ids)
+            self.compiled_gradient, self.loss_fn = None, loss
+            if compiled:
+                self.ddp = torch.compile(self.ddp, dynamic=False)
 
     @property
     def eval_model(self) -> Flow:
@@ -346,6 +375,8 @@ class _Run:
 
     def checkpoint(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.wall_start
+        if not self.ranks.is_main:  # every rank holds the same state: rank 0 writes it
+            return
         payload = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -377,7 +408,7 @@ class _Run:
             "git_commit": self.git_commit, "git_dirty": self.git_dirty,
             "requirements_lock_sha256": lock_hash(),
             "data_md5": objective.data_md5, "num_params": self.num_params,
-            "device": str(self.device),
+            "device": str(self.device), "processes": self.ranks.world_size,
             "compiled": self.tc.compile and not self.compile_blocker,
         }  # fmt: skip
         # MLflow's own fields, so that its UI fills the Source and Version columns
@@ -410,9 +441,17 @@ class _Run:
         graph; the first runs eagerly, so data-dependent initialisations (ActNorm) write their
         parameters before the gradient is traced."""
         state, tc, last = self.state, self.tc, self.ckpt_dir / "last.pt"
-        batch = self.objective.batch(self.model, state.step)
+        batch = self.objective.batch(self.model, state.step)  # the global batch, every rank
         evaluations = sum(c.evaluations for c in self.cnfs)
-        if self.compiled_gradient is not None and state.step > 0:
+        if self.ddp is not None:  # this rank's shard; DDP averages the gradients
+            ranks = self.ranks
+            batch = self.objective.shard(batch, ranks.rank, ranks.world_size)
+            with loss_rng(ranks, self.cfg.seed, state.step, self.device):
+                total, loss = self.ddp(batch)
+                self.model.zero_grad(set_to_none=True)
+                total.backward()
+            loss = ranks.mean(loss)  # the global batch's loss: logged, and checked alike
+        elif self.compiled_gradient is not None and state.step > 0:
             loss, grads = self.compiled_gradient(batch)
             self.compiled_gradient.assign(grads)
         else:
@@ -482,7 +521,8 @@ class _Run:
             score = val[objective.select_on]
             if score < state.best_val:
                 state.best_val, state.best_step, state.evals_since_best = score, state.step, 0
-                _save_atomic(model.state_dict(), self.ckpt_dir / "best.pt")
+                if self.ranks.is_main:
+                    _save_atomic(model.state_dict(), self.ckpt_dir / "best.pt")
             else:
                 state.evals_since_best += 1
                 patience = self.tc.patience
@@ -532,7 +572,7 @@ class _Run:
             seed=cfg.seed, dataset=objective.dataset, model=cfg.model.name,
             num_params=self.num_params, data_md5=objective.data_md5,
             git_commit=self.git_commit, git_dirty=self.git_dirty, device=str(self.device),
-            threads=cfg.threads,
+            threads=cfg.threads, processes=self.ranks.world_size,
             budget=Budget(max_steps=tc.max_steps, batch_size=tc.batch_size,
                           eval_every=tc.eval_every, optimizer=tc.optim.name, lr=tc.optim.lr,
                           patience=tc.patience),
@@ -554,7 +594,7 @@ def train(
     stop_after: int | None = None,
     progress: bool = True,
     continue_with_changes: bool = False,
-) -> RunSummary | StoppedAt:
+) -> RunSummary | StoppedAt | None:
     """Train as ``cfg`` and ``objective`` say; return the run summary.
 
     Resumes from ``workdir/checkpoints/last.pt`` if present, which must have been written
@@ -563,6 +603,10 @@ def train(
     and the run goes on from the checkpoint under them, the change recorded. ``stop_after``:
     checkpoint and return :class:`StoppedAt` after this many steps in this call (for
     preemptible jobs; run the same call again to resume).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; they train
+    data-parallel (:mod:`common.run.distributed`), and ranks other than 0 return None where
+    rank 0 tests the model and returns the summary.
     """
     workdir = Path(workdir)
     _stop_signals.clear()
@@ -571,22 +615,37 @@ def train(
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"the workdir {workdir} is a file; give a folder (--workdir)")
     workdir.mkdir(parents=True, exist_ok=True)
-    run = _Run(cfg, objective, workdir, tracker or NullTracker())
+    with process_group(resolve_device(cfg.device)) as ranks:
+        return _train(cfg, objective, workdir, tracker, stop_after, progress,
+                      continue_with_changes, ranks)  # fmt: skip
+
+
+def _train(cfg, objective, workdir, tracker, stop_after, progress, continue_with_changes,
+           ranks: Ranks) -> RunSummary | StoppedAt | None:  # fmt: skip
+    run = _Run(cfg, objective, workdir, tracker or NullTracker(), ranks)
+    if ranks.world_size != cfg.resources.processes and ranks.is_main:
+        print(f"note: training on {ranks.world_size} process(es) where the config's "
+              f"resources.processes says {cfg.resources.processes} (the pipeline starts it "
+              "with torchrun); the steps are the same, only the time differs",
+              flush=True)  # fmt: skip
     if (run.ckpt_dir / "last.pt").exists():
         run.restore(run.ckpt_dir / "last.pt", allow_changes=continue_with_changes)
     state, tc = run.state, run.tc
     run.wall_start, run.wall_before = time.perf_counter(), state.wall_time_s
     window_start, steps_this_call = time.perf_counter(), 0
+    progress = progress and ranks.is_main
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not progress, mininterval=2.0,
                desc=f"{cfg.paper}/{cfg.experiment}/seed{cfg.seed}")  # fmt: skip
     run.model.train()
     try:
-        run.start_tracking()
+        if ranks.is_main:  # the config, the run record and the MLflow run
+            run.start_tracking()
         if tc.max_steps == 0 and not state.history:  # fitted in closed form: validate as built
             run.validate()
         while state.step < tc.max_steps and not state.stopped_early:
-            if _stop_signals:
-                raise KeyboardInterrupt(f"signal {_stop_signals[0]} at step {state.step}")
+            if ranks.any(bool(_stop_signals), run.device):  # every rank stops at one step
+                where = f"signal {_stop_signals[0]}" if _stop_signals else "a stop on another rank"
+                raise KeyboardInterrupt(f"{where} at step {state.step}")
             loss, grad_norm = run.step()
             steps_this_call += 1
             bar.update(1)
@@ -596,7 +655,7 @@ def train(
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
                 val = run.validate()
-                if not progress:
+                if not progress and ranks.is_main:
                     shown = "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
                     print(f"step {state.step}/{tc.max_steps}  loss {loss.item():.4f}  {shown}",
                           flush=True)  # fmt: skip
@@ -608,7 +667,7 @@ def train(
                 return StoppedAt(state.step)
         bar.close()
         run.checkpoint()
-        return run.finish()
+        return run.finish() if ranks.is_main else None
     except BaseException as exc:
         bar.close()
         run.tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -8,6 +8,7 @@ objective says what is specific to its problem:
 - :meth:`~Objective.build`: the problem (a dataset, a target) and the model;
 - :meth:`~Objective.batch`: a step's input, with every random draw of the step (batch order,
   flips, dequantization noise, base samples), in eager mode;
+- :meth:`~Objective.shard`: a rank's part of that input in a data-parallel run;
 - :meth:`~Objective.loss`: the deterministic loss of that input (what ``train.compile``
   compiles with its gradient, so the random stream is the same compiled or not);
 - :meth:`~Objective.validate` / :meth:`~Objective.test`: evaluation under a forked RNG with a
@@ -103,6 +104,15 @@ class Objective:
 
     def loss(self, model: Flow, batch: Any) -> Tensor:
         raise NotImplementedError
+
+    def shard(self, batch: Any, rank: int, world_size: int) -> Any:
+        """Rank ``rank``'s part of a step's input in a data-parallel run of ``world_size``
+        processes (:mod:`common.run.distributed`): examples [r·B/W, (r+1)·B/W) of the global
+        batch of B. By default every tensor of the batch (a tensor, or a tuple of them) has
+        the examples along its first dimension."""
+        if isinstance(batch, Tensor):
+            return batch.chunk(world_size)[rank]
+        return type(batch)(t.chunk(world_size)[rank] for t in batch)
 
     def train_metrics(self, loss: Tensor) -> dict[str, float]:
         raise NotImplementedError
@@ -385,6 +395,10 @@ class VariationalAutoencoder(Objective):
     def loss(self, model, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, eps = batch
         return -model.log_weights(x, eps).mean()
+
+    def shard(self, batch: tuple[Tensor, Tensor], rank: int, world_size: int):
+        x, eps = batch  # eps: (1, B, latent), the examples along its second dimension
+        return x.chunk(world_size)[rank], eps.chunk(world_size, dim=1)[rank]
 
     def train_metrics(self, loss: Tensor) -> dict[str, float]:
         return {"train/neg_elbo": loss.item()}

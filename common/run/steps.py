@@ -31,7 +31,9 @@ from torch.func import functional_call, grad_and_value
 
 from common.flows.flow import Flow
 
-__all__ = ["CompiledGradient", "compile_blocker", "compile_optimizer_step", "eager_gradient"]
+__all__ = [
+    "CompiledGradient", "TotalLoss", "compile_blocker", "compile_optimizer_step", "eager_gradient",
+]  # fmt: skip
 
 
 def compile_blocker() -> str | None:
@@ -57,8 +59,10 @@ def eager_gradient(loss_fn: Callable[[Flow, Any], Tensor], model: Flow, batch: A
     return loss
 
 
-class _Total(nn.Module):
-    """loss + penalty as a module, so ``functional_call`` can swap the model's parameters."""
+class TotalLoss(nn.Module):
+    """``(loss + penalty, loss)`` of a batch as a module: what ``functional_call`` swaps the
+    parameters of (:class:`CompiledGradient`), and what ``DistributedDataParallel`` wraps
+    (its gradient hooks need the loss computed in a module's ``forward``)."""
 
     def __init__(self, model: Flow, loss_fn: Callable[[Flow, Any], Tensor]) -> None:
         super().__init__()
@@ -79,7 +83,7 @@ class CompiledGradient:
     (the loop's first step is eager)."""
 
     def __init__(self, model: Flow, loss_fn: Callable[[Flow, Any], Tensor]) -> None:
-        total = _Total(model, loss_fn)
+        total = TotalLoss(model, loss_fn)
         named = list(model.named_parameters())
         param_names = [f"model.{name}" for name, _ in named]
         self.params = [p for _, p in named]

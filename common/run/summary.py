@@ -76,7 +76,8 @@ class RunSummary(StrictModel):
     git_commit: str
     git_dirty: bool
     device: str
-    threads: int
+    threads: int  # per process
+    processes: int = 1  # data-parallel processes (torchrun) of the call that finished the run
     budget: Budget
     steps: int
     best_step: int
