@@ -68,6 +68,20 @@ PORT ?= 5000
 mlflow-ui: setup
 	$(BIN)/python -m mlflow ui --backend-store-uri "sqlite:///$$PWD/runs/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
+## A shared MLflow tracking server on http://127.0.0.1:$(PORT), backed by PostgreSQL (a cluster
+## of its own in runs/postgres; Debian's postgresql package, installed if missing when run as
+## root) and serving artifacts from runs/mlflow-artifacts. Point jobs at it with
+## `snakemake ... --config tracking_uri=http://127.0.0.1:$(PORT)` or MLFLOW_TRACKING_URI.
+mlflow-server: setup
+	$(BIN)/python -m pip install --quiet -e ".[server]"
+	$(BIN)/python tools/mlflow_server.py --port $(PORT)
+
+## Four training jobs logging at once to an MLflow server on PostgreSQL (and to SQLite), all
+## with complete metric histories (tests/test_parallel_logging.py; about a minute)
+test-server: setup
+	$(BIN)/python -m pip install --quiet -e ".[server]"
+	$(BIN)/python -m pytest -m "server or not server" tests/test_parallel_logging.py
+
 ## Screenshots of MLflow's runs table and compare view in headless Chromium, into
 ## docs/screenshots/ (needs `apt-get install chromium chromium-driver`; not part of make test)
 SHOT_PORT ?= 5055

@@ -1,0 +1,118 @@
+"""Four training jobs started at once, logging to one MLflow store, all finish with complete
+metric histories: against the pipeline's SQLite store (created once first, as the pipeline's
+mlflow_store job does: parallel creation of a fresh SQLite store is a known race), and against
+an MLflow tracking server on PostgreSQL (tools/mlflow_server.py, what `make mlflow-server`
+runs; `make test-server`, or wherever PostgreSQL is installed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from common.run.tracking import init_store, sqlite_uri
+from tests.conftest import REPO_ROOT
+
+CONFIG = REPO_ROOT / "papers/nice/configs/smoke/moons_nice.yaml"  # 30 steps, logs every 5
+SEEDS = range(4)
+
+
+def train_four_at_once(uri: str, data_root: Path, workdirs: Path) -> None:
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "papers.nice.train", "--config", str(CONFIG),
+             "--set", f"data.root={data_root}", "--set", f"seed={seed}",
+             "--workdir", str(workdirs / f"seed{seed}"), "--tracking-uri", uri, "--no-progress"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for seed in SEEDS
+    ]  # fmt: skip
+    outputs = [job.communicate(timeout=600)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * len(jobs), "\n".join(outputs)[-4000:]
+
+
+def assert_complete(uri: str) -> None:
+    """Four FINISHED runs, each with every logged step of its training and validation curves,
+    its test metrics and its artifacts."""
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("nice").experiment_id])
+    assert sorted(int(r.data.tags["seed"]) for r in runs) == list(SEEDS)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        history = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                   for key in ("train/nll", "val/nll", "test/nll")}  # fmt: skip
+        assert history == {"train/nll": [5, 10, 15, 20, 25, 30], "val/nll": [10, 20, 30],
+                           "test/nll": [30]}, run.info.run_name  # fmt: skip
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"metrics.json", "config.yaml", "checkpoints", "figures"} <= artifacts
+
+
+def test_four_parallel_jobs_on_the_sqlite_store(data_root, tmp_path):
+    uri = sqlite_uri(tmp_path / "store" / "mlflow.db")
+    init_store(uri, ["nice"])  # once, before the jobs: what the pipeline's mlflow_store does
+    train_four_at_once(uri, data_root, tmp_path / "runs")
+    assert_complete(uri)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_installed() -> bool:
+    return bool(shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")))
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """tools/mlflow_server.py on free ports, its PostgreSQL cluster in a fresh folder; stopped
+    (server, then PostgreSQL) with SIGTERM afterwards."""
+    if not _postgres_installed():
+        pytest.skip("PostgreSQL is not installed (make test-server installs it)")
+    # outside pytest's private temporary folder: as root, the cluster belongs to `postgres`
+    pg_dir = Path(tempfile.mkdtemp(prefix="mlflow-pg-"))
+    port, pg_port = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "tools/mlflow_server.py", "--dir", str(pg_dir), "--artifacts",
+         str(tmp_path / "artifacts"), "--port", str(port), "--pg-port", str(pg_port)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the MLflow server did not start in 3 minutes"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield url, tmp_path / "artifacts"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out = server.communicate(timeout=120)[0]
+        shutil.rmtree(pg_dir, ignore_errors=True)
+    assert "stopped the MLflow server and PostgreSQL" in out, out[-3000:]
+
+
+@pytest.mark.server
+def test_four_parallel_jobs_on_a_postgres_backed_server(mlflow_server, data_root, tmp_path):
+    url, artifacts = mlflow_server
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    assert env_uri != url  # the jobs get the server from --tracking-uri, not by accident
+    train_four_at_once(url, data_root, tmp_path / "runs")
+    assert_complete(url)
+    # the server stores the artifacts it is sent in its own artifact root
+    assert len(list(artifacts.rglob("metrics.json"))) == len(SEEDS)
