@@ -57,3 +57,23 @@ def test_vector_rows_are_matched_in_parameter_count(row):
             continue
         counts[lib] = build().num_weights
     assert len(set(counts.values())) == 1, counts
+
+
+def test_gpu_step_benchmark_runs_and_projects_the_paper_budget(tmp_path):
+    """benchmarks/gpu_steps.py on the CPU with a tiny batch: the paper's NICE model and
+    optimiser step, timed; the projection is the paper's images at the measured rate."""
+    import json
+
+    from benchmarks import gpu_steps
+
+    out = tmp_path / "steps.json"
+    argv = ["--experiments", "nice/mnist_nice", "--device", "cpu", "--batch-size", "2",
+            "--seconds", "0.1", "--out", str(out)]  # fmt: skip
+    (result,) = gpu_steps.main(argv)
+    assert json.loads(out.read_text()) == [result]
+    assert result["paper_steps"] == 375000 and result["paper_batch_size"] == 200
+    assert result["steps_timed"] >= 1 and result["images_per_s"] > 0
+    images = result["paper_steps"] * result["paper_batch_size"]
+    assert result["projected_hours"] == pytest.approx(images / result["images_per_s"] / 3600,
+                                                      rel=0.01)  # fmt: skip
+    assert result["peak_memory_mb"] is None and result["device"].startswith("CPU")

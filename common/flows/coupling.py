@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from common.flows.bijector import Bijector, InputOutsideDomainError, sum_except_batch
 from common.flows.elementwise import MapFactory
+from common.flows.precision import run_network
 
 __all__ = [
     "Coupling",
@@ -132,7 +133,8 @@ class Coupling(Bijector):
         return torch.cat([x1, x2], dim=1).index_select(1, self.unshuffle)
 
     def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:
-        return self.conditioner(x1 if context is None else torch.cat([x1, context], dim=1))
+        inputs = x1 if context is None else torch.cat([x1, context], dim=1)
+        return run_network(self.conditioner, inputs)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = self._split(x)
@@ -186,12 +188,12 @@ class ImageCoupling(Bijector):
         apply = self.map.inverse if inverse else self.map
         if self.mask == "checkerboard":
             m = checkerboard_mask(x.shape[2], x.shape[3], self.parity).to(x.device, x.dtype)
-            y_all, log_deriv = apply(x, self.conditioner(x * m))
+            y_all, log_deriv = apply(x, run_network(self.conditioner, x * m))
             y = m * x + (1 - m) * y_all
             return y, _ldj(None if log_deriv is None else (1 - m) * log_deriv, x)
         a, b = x.split(self.split_sizes, dim=1)
         x1, x2 = (a, b) if self.parity == 0 else (b, a)  # parity 1: x₁ is the second block
-        y2, log_deriv = apply(x2, self.conditioner(x1))
+        y2, log_deriv = apply(x2, run_network(self.conditioner, x1))
         y = torch.cat([x1, y2] if self.parity == 0 else [y2, x1], dim=1)
         return y, _ldj(log_deriv, x)
 

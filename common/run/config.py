@@ -115,6 +115,16 @@ class TrainBase(StrictModel):
         "0.99 ms against 1.28 with 'loss'), or 'loss', the loss alone with autograd's backward "
         "(faster for convolutional flows: a Glow training step 61 ms against 85 with 'graph')",
     )  # fmt: skip
+    precision: Literal["float32", "bf16"] = Field(
+        "float32", description="'bf16': during training the networks (the coupling layers' "
+        "conditioners) run in bfloat16 under autocast, the flow's data stream and "
+        "log-determinants in float32 (common.flows.precision); validation and tests always "
+        "run in float32. For GPUs with bfloat16 units (A100, H100); slower on a CPU",
+    )  # fmt: skip
+    channels_last: bool = Field(
+        False, description="image models and batches in the channels-last memory format "
+        "(faster convolutions on GPUs with tensor cores, with bf16 especially)",
+    )  # fmt: skip
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 

@@ -47,6 +47,7 @@ from common.data_registry import dataset_path
 from common.files import replace_atomically, write_atomic
 from common.flows.continuous import CNF
 from common.flows.flow import Flow
+from common.flows.precision import network_autocast
 from common.run.config import ConfigError, RunBase, ScheduleConfig, TrainBase, flatten, save_config
 from common.run.distributed import Ranks, loss_rng, process_group
 from common.run.objectives import Objective
@@ -213,6 +214,13 @@ def request_stop(signum: int, frame: Any = None) -> None:
     _stop_signals.append(signum)
 
 
+def _channels_last(batch: Any) -> Any:
+    """Every 4-D tensor of a batch (images) in the channels-last memory format."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    return type(batch)(_channels_last(t) for t in batch)
+
+
 def _read_run_record(path: Path, tracking_uri: str | None) -> str | None:
     """The MLflow run id ``run.json`` names, if it belongs to ``tracking_uri``'s store."""
     try:
@@ -246,6 +254,9 @@ class _Run:
         if self.tc.patience is not None and objective.select_on is None:
             raise ConfigError("train.patience needs an objective that selects a best model")
         self.model = objective.build(self.device).to(self.device)
+        if self.tc.channels_last:  # 4-D weights (convolutions) in NHWC; batches follow
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.network_dtype = torch.bfloat16 if self.tc.precision == "bf16" else None
         if objective.batch_size % ranks.world_size:
             raise ConfigError(
                 f"train.batch_size {objective.batch_size} does not split evenly over "
@@ -442,20 +453,23 @@ class _Run:
         parameters before the gradient is traced."""
         state, tc, last = self.state, self.tc, self.ckpt_dir / "last.pt"
         batch = self.objective.batch(self.model, state.step)  # the global batch, every rank
+        if tc.channels_last:
+            batch = _channels_last(batch)
         evaluations = sum(c.evaluations for c in self.cnfs)
-        if self.ddp is not None:  # this rank's shard; DDP averages the gradients
-            ranks = self.ranks
-            batch = self.objective.shard(batch, ranks.rank, ranks.world_size)
-            with loss_rng(ranks, self.cfg.seed, state.step, self.device):
-                total, loss = self.ddp(batch)
-                self.model.zero_grad(set_to_none=True)
-                total.backward()
-            loss = ranks.mean(loss)  # the global batch's loss: logged, and checked alike
-        elif self.compiled_gradient is not None and state.step > 0:
-            loss, grads = self.compiled_gradient(batch)
-            self.compiled_gradient.assign(grads)
-        else:
-            loss = eager_gradient(self.loss_fn, self.model, batch)
+        with network_autocast(self.network_dtype):  # train.precision: bf16 networks
+            if self.ddp is not None:  # this rank's shard; DDP averages the gradients
+                ranks = self.ranks
+                batch = self.objective.shard(batch, ranks.rank, ranks.world_size)
+                with loss_rng(ranks, self.cfg.seed, state.step, self.device):
+                    total, loss = self.ddp(batch)
+                    self.model.zero_grad(set_to_none=True)
+                    total.backward()
+                loss = ranks.mean(loss)  # the global batch's loss: logged, and checked alike
+            elif self.compiled_gradient is not None and state.step > 0:
+                loss, grads = self.compiled_gradient(batch)
+                self.compiled_gradient.assign(grads)
+            else:
+                loss = eager_gradient(self.loss_fn, self.model, batch)
         if self.cnfs:  # the last solve of each block was this step's forward pass
             forward = sum(c.last_nfe for c in self.cnfs)
             total = sum(c.evaluations for c in self.cnfs) - evaluations
@@ -498,6 +512,8 @@ class _Run:
             forward, backward, steps = self.nfe_sums
             record |= {"train/nfe_forward": forward / steps, "train/nfe_backward": backward / steps}
             self.nfe_sums = [0, 0, 0]
+        if self.device.type == "cuda":  # this process's peak so far
+            record["train/gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         self.tracker.log_metrics(record, self.state.step)
         key = self.objective.curve[0]
         self.state.history.append({"step": self.state.step, key: record[key]})
@@ -553,6 +569,8 @@ class _Run:
                 "outside the model's domain"
             )
         final |= {"train/wall_time_s": state.wall_time_s}
+        if self.device.type == "cuda":
+            final["train/gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         if self.cnfs and state.nfe_totals[2]:  # means over every training step
             forward, backward, steps = state.nfe_totals
             final |= {"train/nfe_forward_mean": forward / steps,

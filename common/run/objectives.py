@@ -52,6 +52,7 @@ __all__ = [
     "evaluate_nll",
     "kl_metrics",
     "random_shift",
+    "to_device",
 ]
 
 
@@ -61,6 +62,15 @@ def _plotting():
     from common.run import plotting
 
     return plotting
+
+
+def to_device(batch: Tensor, device: torch.device) -> Tensor:
+    """A batch gathered from the in-memory dataset, on ``device``. To a GPU it goes through
+    pinned (page-locked) host memory, asynchronously: PyTorch's caching host allocator reuses
+    the pinned blocks, and the copy overlaps with the work already queued on the GPU."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 EVAL_SEED = 1234  # the random draws of every evaluation: the same for every evaluation
@@ -266,7 +276,7 @@ class MaximumLikelihood(Objective):
         """``(y, dequant_ldj)``, and the batch's one-hot labels last if conditional."""
         x_train = self.data.x_train
         index = batch_indices(len(x_train), self.batch_size, self.cfg.seed, step)
-        x = x_train[index].to(self.device)
+        x = to_device(x_train[index], self.device)
         if self.cfg.train.hflip:  # flip a random half of the batch
             flip = torch.rand(len(x), device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -383,7 +393,7 @@ class VariationalAutoencoder(Objective):
         return model
 
     def _binarize(self, x: Tensor) -> Tensor:
-        probs = x.to(self.device).flatten(1).float() / (self.data.num_levels - 1)
+        probs = to_device(x, self.device).flatten(1).float() / (self.data.num_levels - 1)
         return torch.bernoulli(probs)
 
     def batch(self, model, step: int) -> tuple[Tensor, Tensor]:
