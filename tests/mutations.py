@@ -7,7 +7,8 @@ two minutes); run it after changing the tests these bugs hide from.
 
 The list is issue 11, item 12: the ten bugs that once passed the whole suite; then issue 12's
 (conditional labels, the MAF bundle's preprocessing, the inverse's weight cache, the cost
-measurement's direction).
+measurement's direction); issue 16's (data-parallel statistics and shards, bf16 and
+channels-last training).
 """
 
 from __future__ import annotations
@@ -117,6 +118,24 @@ MUTATIONS = [
     Mutation("peak memory averaged over seeds", "common/run/reports/paper.py",
              'g.benchmark("max_rss", reduce=max)', 'g.benchmark("max_rss")',
              ("tests/test_reports.py::test_compute_table_reads_snakemake_benchmarks",)),
+    # issue 16: data-parallel training and the GPU path
+    Mutation("ActNorm initialised from its rank's shard only", "common/flows/image.py",
+             "mean, var, _ = channel_moments(x, unbiased=True)",
+             "mean, var = x.mean(dim=[0, 2, 3]), x.var(dim=[0, 2, 3])",
+             ("tests/test_distributed.py::test_two_ranks_take_the_steps_of_one_process",)),
+    Mutation("network batch norm not synchronised across ranks", "common/flows/distributed.py",
+             "if not self.training or world_size() == 1:", "if True:",
+             ("tests/test_distributed.py::test_two_ranks_take_the_steps_of_one_process",)),
+    Mutation("every rank trains on the same shard", "common/run/objectives.py",
+             "return type(batch)(t.chunk(world_size)[rank] for t in batch)",
+             "return type(batch)(t.chunk(world_size)[0] for t in batch)",
+             ("tests/test_distributed.py::test_two_ranks_take_the_steps_of_one_process",)),
+    Mutation("bf16 requested but the networks run in float32", "common/run/loop.py",
+             "with network_autocast(self.network_dtype):", "with network_autocast(None):",
+             ("tests/test_precision.py",)),
+    Mutation("channels-last model fed NCHW batches", "common/run/loop.py",
+             "            batch = _channels_last(batch)\n", "            pass\n",
+             ("tests/test_precision.py",)),
 ]  # fmt: skip
 
 

@@ -155,3 +155,28 @@ def test_shards_are_the_global_batch_in_order():
     parts = [VariationalAutoencoder.shard(None, (x, eps), r, 2) for r in range(2)]
     assert torch.equal(torch.cat([p[1] for p in parts], dim=1), eps)
     assert torch.equal(parts[1][0], x[4:])
+
+
+def test_noise_inside_the_loss_differs_between_ranks_and_repeats_on_resume():
+    """loss_rng: under W > 1, draws inside a step's loss (i-ResNet's and FFJORD's probes) come
+    from (seed, step, rank): independent across ranks, the same when the step is replayed, and
+    the global stream, which every rank must share, is left as it was."""
+    from common.run.distributed import Ranks, loss_rng
+
+    cpu = torch.device("cpu")
+
+    def draw(rank, step, world_size=2):
+        with loss_rng(Ranks(rank, rank, world_size), seed=3, step=step, device=cpu):
+            return torch.randn(4)
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    rank0, rank1 = draw(0, step=5), draw(1, step=5)
+    assert torch.equal(torch.get_rng_state(), before)  # the global stream is untouched
+    assert not torch.equal(rank0, rank1)
+    assert torch.equal(draw(0, step=5), rank0)  # a resumed run draws the same probes
+    assert not torch.equal(draw(0, step=6), rank0)
+    torch.manual_seed(0)
+    single = draw(0, step=5, world_size=1)
+    torch.manual_seed(0)
+    assert torch.equal(single, torch.randn(4))  # one process: the global stream, as ever

@@ -62,7 +62,7 @@ def run_cli(
             cfg, objective(cfg, build_model), workdir, tracker, args.stop_after,
             progress=not args.no_progress, continue_with_changes=args.continue_with_changes,
         )  # fmt: skip
-        if isinstance(result, StoppedAt):
+        if isinstance(result, StoppedAt) and Ranks.from_env().is_main:
             print(f"stopped after step {result.step} with a checkpoint in {workdir}: run the "
                   "same command without --stop-after (or with a larger one) to resume",
                   file=sys.stderr)  # fmt: skip

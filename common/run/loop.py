@@ -361,7 +361,8 @@ class _Run:
         self.run_id = ckpt.get("run_id") or None
         if changes:
             self.continue_with(changes)
-        print(f"resuming from {path} at step {self.state.step}")
+        if self.ranks.is_main:  # one line, however many processes
+            print(f"resuming from {path} at step {self.state.step}")
 
     def continue_with(self, changes: dict[str, tuple[Any, Any]]) -> None:
         """Apply changed optimisation settings to the restored state: the optimiser's base
@@ -382,7 +383,8 @@ class _Run:
                 group["lr"].fill_(lr)  # compiled runs read the tensor in place
             else:
                 group["lr"] = lr
-        print(f"continuing at step {step} with changed settings: {_describe(changes)}")
+        if self.ranks.is_main:
+            print(f"continuing at step {step} with changed settings: {_describe(changes)}")
 
     def checkpoint(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.wall_start
