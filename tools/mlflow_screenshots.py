@@ -23,21 +23,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from mlflow_server import wait_until_up  # tools/, this script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _wait_until_up(url: str, server: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"error: mlflow ui exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"error: mlflow ui did not answer at {url} within {timeout:.0f} s")
 
 
 def _browser(chromium: str, width: int, height: int):
@@ -117,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        _wait_until_up(url, server)
+        wait_until_up(url, server, timeout=90, what="mlflow ui")
         browser = _browser(chromium, 1700, 1000)
         try:
             eid = experiment.experiment_id

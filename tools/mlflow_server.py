@@ -87,22 +87,27 @@ def stop_postgres(data: Path) -> None:
     subprocess.run(as_owner([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), check=False)
 
 
-def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120,
+                  what: str = "mlflow server") -> None:  # fmt: skip
+    """Return once ``url``'s ``/health`` answers 200; exit with a message if ``server`` (the
+    process serving it) dies first or ``timeout`` seconds pass. Also used by
+    tools/mlflow_screenshots.py."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"error: mlflow server exited with status {server.returncode}")
+            raise SystemExit(f"error: {what} exited with status {server.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
                 if reply.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise SystemExit(f"error: mlflow server did not answer on {url} within {timeout:.0f} s")
+    raise SystemExit(f"error: {what} did not answer on {url} within {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/mlflow_server.py",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
     parser.add_argument(
         "--dir",
         type=Path,
