@@ -118,38 +118,6 @@ def test_dirty_means_code_not_the_pipeline_outputs(tmp_path):
     assert git_state(tmp_path)[1] is True
 
 
-_START_RUN = """
-import sys
-from common.run.tracking import Tracker
-tracker = Tracker(sys.argv[1], "nice")
-tracker.start(sys.argv[2], {}, {})
-tracker.log_metrics({"x": 1.0}, 1)
-tracker.end("FINISHED")
-"""
-
-
-def test_parallel_jobs_can_create_a_fresh_store_together(tmp_path):
-    """Four jobs started at once against a store that does not exist yet all log their runs,
-    and the store opens afterwards. Without the creation lock MLflow's concurrent table
-    creation and migrations failed most such jobs and could leave the file unopenable."""
-    import subprocess
-    import sys
-
-    uri = sqlite_uri(tmp_path / "fresh" / "mlflow.db")
-    jobs = [
-        subprocess.Popen([sys.executable, "-c", _START_RUN, uri, f"job{i}"], cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(4)
-    ]  # fmt: skip
-    outputs = [job.communicate(timeout=300)[0] for job in jobs]
-    assert [job.returncode for job in jobs] == [0] * 4, "\n".join(outputs)[-3000:]
-    runs = MlflowClient(tracking_uri=uri).search_runs(
-        [MlflowClient(tracking_uri=uri).get_experiment_by_name("nice").experiment_id]
-    )
-    assert sorted(r.info.run_name for r in runs) == [f"job{i}" for i in range(4)]
-    assert {r.info.status for r in runs} == {"FINISHED"}
-
-
 def test_lock_file_pins_what_pyproject_pins():
     """requirements.lock (make setup's input) holds every direct dependency at pyproject's
     version, and nothing unpinned: a stale lock after a pin change fails here."""
