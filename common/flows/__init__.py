@@ -8,5 +8,7 @@ Modules: ``bijector`` (contract, ``Compose``, ``Inverse``, permutations), ``elem
 (monotone maps of the line) and ``coupling`` (the scheme that conditions them), ``layers``,
 ``image`` (multi-scale building blocks), ``nets`` (conditioner networks), ``dequantize``,
 ``distributions``, ``flow`` (``Flow``), ``logdet``, ``splines``, the manifold flows
-(``manifolds``, ``circle``, ``torus``, ``sphere``) and ``testing``.
+(``manifolds``, ``circle``, ``torus``, ``sphere``), ``distributed`` (batch statistics over the
+processes of a data-parallel run), ``precision`` (bfloat16 networks in a float32 flow) and
+``testing``.
 """
