@@ -289,14 +289,15 @@ class _Run:
         # summed between logs and logged as means (train/nfe_forward, train/nfe_backward)
         self.cnfs = [m for m in self.model.modules() if isinstance(m, CNF)]
         self.nfe_sums = [0, 0, 0]  # forward, backward, steps
-        mode = self.tc.compile_mode
+        loss, mode = objective.loss, self.tc.compile_mode
+        single = not ranks.distributed
         self.compiled_gradient = (
-            CompiledGradient(self.model, objective.loss) if compiled and mode == "graph" else None
+            CompiledGradient(self.model, loss) if compiled and mode == "graph" and single else None
         )
         # static shapes: every training batch has the same shape (drop-last); in 'loss' mode a
         # data-dependent init (ActNorm) recompiles once
-        loss = objective.loss
-        self.loss_fn = torch.compile(loss, dynamic=False) if compiled and mode == "loss" else loss
+        compile_loss = compiled and mode == "loss" and single
+        self.loss_fn = torch.compile(loss, dynamic=False) if compile_loss else loss
         self.optimizer_step = (
             compile_optimizer_step(self.optimizer) if compiled else self.optimizer.step
         )
@@ -304,12 +305,11 @@ class _Run:
         # Compiled, the DDP module is compiled as a whole (PyTorch's recipe: its optimiser
         # splits the graph at gradient buckets), whatever compile_mode says.
         self.ddp = None
-        if ranks.distributed:
+        if not single:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(TotalLoss(self.model, loss), device_ids=ids)
-            self.compiled_gradient, self.loss_fn = None, loss
             if compiled:
                 self.ddp = torch.compile(self.ddp, dynamic=False)
 
