@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,24 +77,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+def _stop_leftovers(port: int, pg_dir: Path) -> None:
+    """After a server script that would not stop was killed: its `mlflow server` (a session
+    of its own) and its PostgreSQL cluster, so that a failing test leaves nothing running."""
+    subprocess.run(["pkill", "-f", f"mlflow server .*--port {port}"], check=False)
+    pg_ctl = next(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), None)
+    if pg_ctl is not None and (pg_dir / "data").exists():
+        stop = [str(pg_ctl), "-D", str(pg_dir / "data"), "-m", "immediate", "stop"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *stop] if os.geteuid() == 0
+                       else stop, check=False, capture_output=True)  # fmt: skip
+
+
+@contextmanager
+def running_server(tmp_path: Path, stop_with: int = signal.SIGTERM,
+                   start_ignoring_sigint: bool = False):  # fmt: skip
     """tools/mlflow_server.py on free ports, its PostgreSQL cluster in a fresh folder; stopped
-    (server, then PostgreSQL) with SIGTERM afterwards. Without PostgreSQL the script installs
-    it (as root) or exits naming the package, and the test fails with that message."""
+    (server, then PostgreSQL) with ``stop_with`` afterwards, and checked to have stopped both.
+    Without PostgreSQL the script installs it (as root) or exits naming the package, and the
+    test fails with that message. ``start_ignoring_sigint``: started the way a
+    non-interactive shell starts a background job (``make mlflow-server &`` in a script)."""
     # outside pytest's private temporary folder: as root, the cluster belongs to `postgres`
     pg_dir = Path(tempfile.mkdtemp(prefix="mlflow-pg-"))
     port, pg_port = _free_port(), _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "tools/mlflow_server.py", "--dir", str(pg_dir), "--artifacts",
-         str(tmp_path / "artifacts"), "--port", str(port), "--pg-port", str(pg_port)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    log_path = tmp_path / "server.log"
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    # the output goes to a file, not a pipe: a child left running would hold a pipe open
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "tools/mlflow_server.py", "--dir", str(pg_dir), "--artifacts",
+             str(tmp_path / "artifacts"), "--port", str(port), "--pg-port", str(pg_port)],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=ignore_sigint if start_ignoring_sigint else None,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert server.poll() is None, server.communicate()[0][-3000:]
+            assert server.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "the MLflow server did not start in 3 minutes"
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2):
@@ -102,10 +125,39 @@ def mlflow_server(tmp_path):
                 time.sleep(0.5)
         yield url, tmp_path / "artifacts"
     finally:
-        server.send_signal(signal.SIGTERM)
-        out = server.communicate(timeout=120)[0]
+        server.send_signal(stop_with)
+        try:
+            server.wait(timeout=60)
+            stopped = True
+        except subprocess.TimeoutExpired:  # clean up, then fail below
+            server.kill()
+            server.wait()
+            _stop_leftovers(port, pg_dir)
+            stopped = False
+        # PostgreSQL removes its pid file when it has shut down
+        postgres_left = (pg_dir / "data" / "postmaster.pid").exists()
+        if postgres_left:
+            _stop_leftovers(port, pg_dir)
         shutil.rmtree(pg_dir, ignore_errors=True)
+    out = log_path.read_text()
+    assert stopped, f"the server script did not stop within 60 s of {stop_with!r}\n{out[-3000:]}"
+    assert server.returncode == 0, out[-3000:]
+    assert not postgres_left, "the server script exited and left PostgreSQL running"
     assert "stopped the MLflow server and PostgreSQL" in out, out[-3000:]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    with running_server(tmp_path) as server:
+        yield server
+
+
+@pytest.mark.server
+def test_ctrl_c_stops_a_server_started_in_the_background(tmp_path):
+    """Started as `make mlflow-server &` from a script starts it (SIGINT ignored), Ctrl-C or
+    `kill -INT` still stops the server and its PostgreSQL cluster (the checks on leaving)."""
+    with running_server(tmp_path, signal.SIGINT, start_ignoring_sigint=True):
+        pass
 
 
 @pytest.mark.server

@@ -12,11 +12,11 @@ database as its backend store and ``--artifacts-destination`` (default
     snakemake reproduce_glow --config tracking_uri=http://127.0.0.1:5000
     MLFLOW_TRACKING_URI=http://127.0.0.1:5000 python -m papers.glow.train --config …
 
-Ctrl-C (or SIGTERM) stops the server, then PostgreSQL. PostgreSQL listens on 127.0.0.1 and
-its socket folder only, trusting local connections; to serve a lab, put the server behind
-authentication (``mlflow server --app-name basic-auth``) or a reverse proxy, and give it a
-host name (``--host 0.0.0.0``) on a trusted network. ``initdb`` refuses to run as root, so
-as root the cluster belongs to the ``postgres`` user that Debian's package creates.
+Ctrl-C (or SIGTERM, or SIGHUP) stops the server, then PostgreSQL. PostgreSQL listens on
+127.0.0.1 and its socket folder only, trusting local connections; to serve a lab, put the
+server behind authentication (``mlflow server --app-name basic-auth``) or a reverse proxy, and
+give it a host name (``--host 0.0.0.0``) on a trusted network. ``initdb`` refuses to run as
+root, so as root the cluster belongs to the ``postgres`` user that Debian's package creates.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def postgres_bin() -> Path:
                  "run this as root, which installs it)")  # fmt: skip
     print("installing PostgreSQL (Debian's postgresql package)", flush=True)
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-                   check=True, env=env)  # fmt: skip
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
+    if subprocess.run(install, env=env).returncode != 0:
+        # a fresh machine's package lists may be missing or stale: refresh them once
+        subprocess.run(["apt-get", "update"], check=True, env=env)
+        subprocess.run(install, check=True, env=env)
     return postgres_bin()
 
 
@@ -105,6 +108,10 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 120,
     raise SystemExit(f"error: {what} did not answer on {url} within {timeout:.0f} s")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python tools/mlflow_server.py",
                                      description=__doc__.split("\n\n")[0])  # fmt: skip
@@ -124,33 +131,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port")
     args = parser.parse_args(argv)
 
+    # Ctrl-C, SIGTERM and SIGHUP all stop both servers, from the moment PostgreSQL may start.
+    # SIGINT's handler is set explicitly: a process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and would never see KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     folder = args.dir.resolve()
-    data = start_postgres(folder, args.pg_port)
     backend = f"postgresql://mlflow@127.0.0.1:{args.pg_port}/mlflow"
     url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen([
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-        "--artifacts-destination", str(args.artifacts.resolve()),
-        "--host", "127.0.0.1", "--port", str(args.port),
-    ], start_new_session=True)  # fmt: skip
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    server, data = None, None
     try:
+        data = start_postgres(folder, args.pg_port)
+        server = subprocess.Popen([
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+            "--artifacts-destination", str(args.artifacts.resolve()),
+            "--host", "127.0.0.1", "--port", str(args.port),
+        ], start_new_session=True)  # fmt: skip
         wait_until_up(url, server)
         print(f"MLflow server on {url} (backend {backend}, artifacts {args.artifacts}); "
               "Ctrl-C stops it", flush=True)  # fmt: skip
-        while server.poll() is None and not stop:
+        while server.poll() is None:
             time.sleep(0.5)
+        raise SystemExit(f"error: mlflow server exited with status {server.returncode}")
     except KeyboardInterrupt:
         pass
     finally:
-        if server.poll() is None:
+        if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
-        stop_postgres(data)
+        if data is not None:
+            stop_postgres(data)
         print("stopped the MLflow server and PostgreSQL", flush=True)
 
 

@@ -24,8 +24,12 @@ up() {
     if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
         || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
         log "installing slurm-wlm and munge (Debian packages)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            slurm-wlm munge >"$dir/apt.log" 2>&1 || { cat "$dir/apt.log"; exit 1; }
+        local install=(apt-get install -y --no-install-recommends slurm-wlm munge)
+        # a fresh machine's package lists may be missing or stale: refresh them once
+        DEBIAN_FRONTEND=noninteractive "${install[@]}" >"$dir/apt.log" 2>&1 \
+            || { apt-get update >>"$dir/apt.log" 2>&1 \
+                 && DEBIAN_FRONTEND=noninteractive "${install[@]}" >>"$dir/apt.log" 2>&1; } \
+            || { cat "$dir/apt.log"; exit 1; }
     fi
     if [ -e "$default_conf" ] && [ "$(readlink -f "$default_conf")" != "$conf" ]; then
         log "$default_conf exists and is not this test cluster's: not touching a real cluster"
