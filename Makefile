@@ -47,11 +47,13 @@ lock:
 reproduce: setup
 	$(BIN)/python -m snakemake $(TARGET) --cores $(CORES) --workflow-profile pipelines/profiles/local
 
-## Lint, format check and the whole test suite
+## Lint, format check and the whole test suite, on TEST_WORKERS processes (pytest-xdist; each
+## test file stays in one process, so its module fixtures are built once)
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Speed against zuko, nflows, normflows and FrEIA (installs them, an optional extra); writes
 ## reports/performance.md. A few minutes; run it on a quiet machine.

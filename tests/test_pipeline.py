@@ -188,22 +188,39 @@ def test_all_papers_smoke_end_to_end(clone):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+GPU_PAPERS = ["nice", "realnvp", "glow", "maf_iaf", "iresnet", "ffjord"]
+
+
+@pytest.fixture(scope="module")
+def paper_plan(clone) -> str:
+    """One dry run of every GPU paper's target at the paper profile (one Snakemake start
+    instead of one per checked experiment)."""
+    targets = [f"reproduce_{paper}" for paper in GPU_PAPERS]
+    result = snakemake(clone, "-n", *targets, "--config", "profile=paper")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    return out
+
+
 @pytest.mark.parametrize(
     ("paper", "experiment"),
     [("nice", "mnist_nice"), ("realnvp", "cifar10_realnvp"), ("glow", "cifar10_glow"),
      ("maf_iaf", "hepmass_maf_mog5"), ("maf_iaf", "mnist_vae_iaf"),
      ("iresnet", "cifar10_iresnet"), ("ffjord", "cifar10_ffjord"), ("ffjord", "bsds300_ffjord")],
 )  # fmt: skip
-def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper, experiment):
-    result = snakemake(clone, "-n", f"reproduce_{paper}", "--config", "profile=paper")
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-3000:]
+def test_paper_profile_dry_run_lists_gpu_jobs(clone, paper_plan, paper, experiment):
+    out = paper_plan
     assert f"runs/paper/{paper}/{experiment}/seed0/metrics.json" in out
-    job = out[out.index(f"wildcards: profile=paper, paper={paper}, experiment={experiment}") :]
-    assert "gpu=1" in job.split("Shell command")[0]
-    # a download job for the experiment's dataset (the MAF tabular bundle's sets included)
+    # the job's own block: from its "rule train:" line to its shell command
+    at = out.index(f"wildcards: profile=paper, paper={paper}, experiment={experiment}")
+    job = out[out.rindex("rule train:", 0, at) :].split("Shell command")[0]
+    assert "gpu=1" in job
+    # the experiment's dataset is the job's input, with a download job of its own (the MAF
+    # tabular bundle's sets included)
     config = clone / "papers" / paper / "configs" / "paper" / f"{experiment}.yaml"
-    dataset = DATASETS[yaml.safe_load(config.read_text())["data"]["name"]]
+    name = yaml.safe_load(config.read_text())["data"]["name"]
+    dataset = DATASETS[name]
+    assert str(dataset_path(name)) in job.split("output:")[0]
     downloads = {line.split("=")[1] for line in out.splitlines() if "wildcards: online=" in line}
     assert dataset.file.removesuffix(".npz") in downloads
 
