@@ -5,6 +5,7 @@ what `make mlflow-server` runs; `make test-server`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from common.run.tracking import sqlite_uri
 from tests.conftest import REPO_ROOT
 
 CONFIG = REPO_ROOT / "papers/nice/configs/smoke/moons_nice.yaml"
+SERVER_SCRIPT = REPO_ROOT / "tools/mlflow_server.py"
 SHORT = ["--set", "train.max_steps=10", "--set", "train.eval_every=5",
          "--set", "train.log_every=2"]  # fmt: skip
 SEEDS = range(4)
@@ -81,11 +83,11 @@ def _stop_leftovers(port: int, pg_dir: Path) -> None:
     """After a server script that would not stop was killed: its `mlflow server` (a session
     of its own) and its PostgreSQL cluster, so that a failing test leaves nothing running."""
     subprocess.run(["pkill", "-f", f"mlflow server .*--port {port}"], check=False)
-    pg_ctl = next(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), None)
-    if pg_ctl is not None and (pg_dir / "data").exists():
-        stop = [str(pg_ctl), "-D", str(pg_dir / "data"), "-m", "immediate", "stop"]
-        subprocess.run(["runuser", "-u", "postgres", "--", *stop] if os.geteuid() == 0
-                       else stop, check=False, capture_output=True)  # fmt: skip
+    if (pg_dir / "data").exists():  # the script's own stop (its pg_ctl, as the cluster's owner)
+        spec = importlib.util.spec_from_file_location("mlflow_server", SERVER_SCRIPT)
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+        tool.stop_postgres(pg_dir / "data")
 
 
 @contextmanager
@@ -107,7 +109,7 @@ def running_server(tmp_path: Path, stop_with: int = signal.SIGTERM,
     # the output goes to a file, not a pipe: a child left running would hold a pipe open
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "tools/mlflow_server.py", "--dir", str(pg_dir), "--artifacts",
+            [sys.executable, str(SERVER_SCRIPT), "--dir", str(pg_dir), "--artifacts",
              str(tmp_path / "artifacts"), "--port", str(port), "--pg-port", str(pg_port)],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=ignore_sigint if start_ignoring_sigint else None,
