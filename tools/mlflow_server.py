@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> None:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
-        if data is not None:
+        if data is not None:  # PostgreSQL started (the MLflow server starts after it)
             stop_postgres(data)
-        print("stopped the MLflow server and PostgreSQL", flush=True)
+            print("stopped the MLflow server and PostgreSQL", flush=True)
 
 
 if __name__ == "__main__":
