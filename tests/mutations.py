@@ -2,8 +2,8 @@
 
 ``python -m tests.mutations`` copies the repository's tracked files to a temporary folder once
 per mutation, applies the one-line bug there, runs the tests that should catch it, and prints
-caught / MISSED for each; exit status 1 if any is missed. Not part of ``make test`` (about
-two minutes); run it after changing the tests these bugs hide from.
+caught / MISSED for each; exit status 1 if any is missed. Not part of ``make test`` (5 min
+on 2 cores); run it after changing the tests these bugs hide from.
 
 The list is issue 11, item 12: the ten bugs that once passed the whole suite; then issue 12's
 (conditional labels, the MAF bundle's preprocessing, the inverse's weight cache, the cost
